@@ -1,0 +1,142 @@
+"""Refuse the integration tier anything but a postgresql+asyncpg:// URL and an S3 endpoint.
+
+It runs in `pytest_configure`, before a single test is collected, so it imports
+only the standard library: the decision must take a fraction of a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import SplitResult, urlsplit
+
+from tests.harness.contract import DatabaseTarget, S3Target
+
+REQUIRED_SCHEME = "postgresql+asyncpg"
+EXAMPLE_URL = "postgresql+asyncpg://docstore_test:***@127.0.0.1:5432/docstore_test"
+HOW_TO_START = (
+    "Run `make test-integration`: it starts PostgreSQL and S3 for you "
+    "(containers through tox-docker, or the embedded servers when Docker is absent)."
+)
+
+
+class GuardError(Exception):
+    """A refusal, worded for the person who hits it."""
+
+
+@dataclass(frozen=True)
+class GuardedTargets:
+    database_url: str
+    s3_endpoint_url: str
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, keeping everything else as typed."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
+
+
+def _missing_database_message(env: Mapping[str, str]) -> str:
+    lines = [
+        "Integration tests need a PostgreSQL test database, and none is configured.",
+        "  seen: TEST_DATABASE_URL is unset, and POSTGRES_HOST/POSTGRES_PORT are "
+        f"{env.get('POSTGRES_HOST') or 'unset'}/{env.get('POSTGRES_PORT') or 'unset'}.",
+        f"  fix:  {HOW_TO_START}",
+        f"        Or set TEST_DATABASE_URL={EXAMPLE_URL}",
+        "        Or set POSTGRES_HOST and POSTGRES_PORT (tox-docker does this for you).",
+    ]
+    if env.get("DATABASE_URL"):
+        lines.append(
+            "  note: DATABASE_URL is set, but the integration tier never uses it: it points "
+            "at your own database, which the tests must not touch."
+        )
+    return "\n".join(lines)
+
+
+def _bad_url_message(reason: str, url: str, source: str) -> str:
+    return "\n".join(
+        [
+            f"Integration tests require {REQUIRED_SCHEME}:// ({reason}).",
+            f"  got:  {source}={mask_url(url)!r}",
+            f"  fix:  set {source} to a PostgreSQL test database, e.g. {EXAMPLE_URL}",
+            f"        or unset it. {HOW_TO_START}",
+        ]
+    )
+
+
+def _parse(url: str) -> SplitResult | None:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a non-numeric port
+    except ValueError:
+        return None
+    return parts
+
+
+def check_database_target(target: DatabaseTarget, env: Mapping[str, str]) -> str:
+    """Return the URL if it is a usable postgresql+asyncpg:// URL; raise GuardError otherwise."""
+    if target.url is None:
+        raise GuardError(_missing_database_message(env))
+    url = target.url
+    if not url.strip():
+        raise GuardError(_bad_url_message("the URL is empty", url, target.source))
+    # The scheme is compared exactly: SQLAlchemy and asyncpg accept only lower case.
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme != REQUIRED_SCHEME:
+        reason = f"the scheme is {scheme!r}" if scheme else "it has no scheme"
+        raise GuardError(_bad_url_message(reason, url, target.source))
+    parts = _parse(url)
+    if parts is None:
+        raise GuardError(_bad_url_message("it cannot be parsed", url, target.source))
+    if not parts.hostname:
+        raise GuardError(_bad_url_message("it names no host", url, target.source))
+    if not parts.path.strip("/"):
+        raise GuardError(_bad_url_message("it names no database", url, target.source))
+    return url
+
+
+def check_s3_target(target: S3Target, env: Mapping[str, str]) -> str:
+    """Return the S3 endpoint URL if one is configured; raise GuardError otherwise."""
+    if target.endpoint_url is None:
+        raise GuardError(
+            "\n".join(
+                [
+                    "Integration tests need an S3 endpoint, and none is configured.",
+                    "  seen: TEST_S3_ENDPOINT_URL is unset, and MINIO_HOST/MINIO_PORT are "
+                    f"{env.get('MINIO_HOST') or 'unset'}/{env.get('MINIO_PORT') or 'unset'}.",
+                    f"  fix:  {HOW_TO_START}",
+                    "        Or set TEST_S3_ENDPOINT_URL=http://127.0.0.1:9000 "
+                    "(with TEST_S3_ACCESS_KEY and TEST_S3_SECRET_KEY).",
+                ]
+            )
+        )
+    parts = _parse(target.endpoint_url)
+    if parts is None or parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise GuardError(
+            "\n".join(
+                [
+                    "Integration tests need an http:// or https:// S3 endpoint.",
+                    f"  got:  {target.source}={mask_url(target.endpoint_url)!r}",
+                    "  fix:  set TEST_S3_ENDPOINT_URL=http://127.0.0.1:9000, or unset it "
+                    "and run `make test-integration`.",
+                ]
+            )
+        )
+    if not (target.access_key and target.secret_key):
+        raise GuardError(
+            "Integration tests need S3 credentials.\n"
+            "  fix:  set MINIO_ROOT_USER and MINIO_ROOT_PASSWORD "
+            "(or TEST_S3_ACCESS_KEY and TEST_S3_SECRET_KEY)."
+        )
+    return target.endpoint_url
+
+
+def check_targets(database: DatabaseTarget, s3: S3Target, env: Mapping[str, str]) -> GuardedTargets:
+    return GuardedTargets(check_database_target(database, env), check_s3_target(s3, env))
