@@ -1,0 +1,68 @@
+# The front door. On a machine with only python3 and make:
+#   make test-integration   the integration suite (Docker if a daemon answers, else embedded)
+#   make test               unit + integration
+# Every target bootstraps its own tox into .tools/ on first use.
+
+PYTHON ?= python3
+TOOLS := .tools
+TOX ?= $(TOOLS)/bin/tox
+# Pinned: tox-docker 5.0.0 is unmaintained and needs tox 4; tox-uv 1.37.1 resolves everywhere we run.
+TOOL_PINS := tox==4.67.13 tox-uv==1.37.1 tox-docker==5.0.0
+BACKEND ?= auto
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help tools test-unit test-integration test lint type coverage dev bench-services clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  Variables: BACKEND=auto|docker|embedded, ARGS='pytest args', e.g. ARGS='-n 2 -k upload'"
+
+$(TOOLS)/.installed:
+	@echo "make: installing tox ($(TOOL_PINS)) into $(TOOLS)/ (first run only)"
+	@$(PYTHON) -m venv $(TOOLS)
+	@$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check $(TOOL_PINS)
+	@touch $@
+
+tools: $(TOOLS)/.installed ## install the pinned tox, tox-uv and tox-docker into .tools/
+
+test-unit: tools ## unit tests: no Docker, no database, no network
+	$(TOX) -e unit -- $(ARGS)
+
+test-integration: tools ## integration tests on real PostgreSQL + S3 (tox-docker, or embedded without Docker)
+	@env=$$($(MAKE) --no-print-directory _integration-env); \
+	$(TOX) -e $$env -- $(ARGS)
+
+# Prints the tox env to use, and on stderr one line saying which and why.
+_integration-env:
+	@case "$(BACKEND)" in \
+	  docker) echo "make: BACKEND=docker -> tox -e integration (containers via tox-docker)" >&2; echo integration ;; \
+	  embedded) echo "make: BACKEND=embedded -> tox -e integration-embedded (PostgreSQL + SeaweedFS from PyPI)" >&2; echo integration-embedded ;; \
+	  auto) if where=$$($(TOOLS)/bin/python toxfile.py 2>/dev/null); then \
+	          echo "make: Docker daemon answered at $$where -> tox -e integration (containers via tox-docker)" >&2; echo integration; \
+	        else \
+	          echo "make: no Docker daemon ($$where) -> tox -e integration-embedded (PostgreSQL + SeaweedFS from PyPI); BACKEND=docker|embedded forces one" >&2; echo integration-embedded; \
+	        fi ;; \
+	  *) echo "make: BACKEND must be auto, docker or embedded (got '$(BACKEND)')" >&2; exit 2 ;; \
+	esac
+
+test: test-unit test-integration ## all tests: unit, then integration
+
+lint: tools ## ruff check and format check
+	$(TOX) -e lint
+
+type: tools ## mypy --strict
+	$(TOX) -e type
+
+coverage: tools ## branch coverage of api from both tiers (embedded services), HTML in reports/coverage
+	$(TOX) -e coverage -- $(ARGS)
+
+dev: tools ## serve the API on http://127.0.0.1:8000 on the embedded services; Ctrl-C stops all
+	$(TOX) -e dev
+
+bench-services: tools ## start-up times of the embedded services, median of 5
+	$(TOX) -e bench-services
+
+clean: ## remove tox envs, tools, reports and caches (never your data)
+	rm -rf .tox $(TOOLS) reports .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* bench/results.json
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
