@@ -1,0 +1,1 @@
+"""Alembic migrations for the docstore schema (script_location = "api:migrations")."""

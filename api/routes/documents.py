@@ -1,0 +1,326 @@
+"""Document endpoints: upload, list, read metadata, download, patch, delete."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import func
+from sqlalchemy.exc import SQLAlchemyError
+
+from api.cursor import CursorPosition, InvalidCursorError, decode_cursor, encode_cursor
+from api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from api.filenames import content_disposition, sanitize_filename
+from api.models import Document, PendingObjectDeletion
+from api.multipart import MultipartError
+from api.queries import document_by_id, document_page, ensure_tags, forget_pending_deletion
+from api.ranges import RangeNotSatisfiableError, parse_byte_range, parse_if_match_version
+from api.schemas import TAG_RULES, DocumentOut, DocumentPage, DocumentPatch, normalize_tag
+from api.storage import StorageError
+from api.uploads import UploadRejectedError, UploadTooLargeError, receive_upload
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/documents", tags=["documents"])
+
+# Multipart framing and the small text fields may add this much to Content-Length on top of
+# the file itself before a declared length alone justifies a 413.
+MULTIPART_OVERHEAD_ALLOWANCE = 64 * 1024
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "tags": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": (
+                                "Optional. Repeat the `tags` field and/or give comma-separated "
+                                f"names in one field (`tags=a,b`); blanks are ignored. {TAG_RULES}."
+                            ),
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+_UPLOAD_DESCRIPTION = f"""\
+Upload one document as `multipart/form-data`.
+
+* `file` (required): the document; its bytes are streamed to storage, and its part filename
+  (sanitised) and Content-Type are recorded.
+* `tags` (optional): repeat the field (`tags=a`, `tags=b`) and/or separate names with commas
+  (`tags=a,b`). {TAG_RULES}.
+
+413 when the file exceeds MAX_UPLOAD_BYTES, 422 for an empty file or bad tags, 503 when
+storage or the database is unavailable; in every failure case nothing is stored.
+"""
+
+
+def _not_found(document_id: uuid.UUID) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"document {document_id} not found")
+
+
+async def _load_document(
+    session: SessionDep, document_id: uuid.UUID, *, for_update: bool = False
+) -> Document:
+    document = await session.scalar(document_by_id(document_id, for_update=for_update))
+    if document is None:
+        raise _not_found(document_id)
+    return document
+
+
+def _version_etag(document: Document) -> str:
+    return f'"{document.version}"'
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DocumentOut,
+    description=_UPLOAD_DESCRIPTION,
+    openapi_extra=_UPLOAD_BODY,
+    responses={
+        401: {"description": "Missing or unknown Bearer token."},
+        413: {"description": "The file is larger than MAX_UPLOAD_BYTES."},
+        415: {"description": "The body is not multipart/form-data."},
+        503: {"description": "Storage or database unavailable; nothing was stored."},
+    },
+)
+async def upload_document(
+    request: Request,
+    response: Response,
+    owner: OwnerDep,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+) -> DocumentOut:
+    limit = settings.max_upload_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD_ALLOWANCE:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"the upload exceeds the limit of {limit} bytes"
+        )
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send the document as multipart/form-data"
+        )
+
+    document_id = uuid.uuid4()
+    storage_key = f"documents/{document_id}"
+    try:
+        upload = await receive_upload(
+            request.headers.get("content-type"), request.stream(), storage, storage_key, limit
+        )
+    except UploadTooLargeError as exc:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc)) from None
+    except (UploadRejectedError, MultipartError) as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    except StorageError as exc:
+        logger.warning("upload to storage failed: %s", exc)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "storage is unavailable; nothing was stored"
+        ) from None
+
+    document = Document(
+        id=document_id,
+        owner=owner,
+        filename=upload.filename,
+        content_type=upload.content_type,
+        size_bytes=upload.size_bytes,
+        sha256=upload.sha256,
+        storage_key=storage_key,
+        version=1,
+    )
+    try:
+        document.tags = await ensure_tags(session, upload.tags)
+        session.add(document)
+        await session.commit()
+    except BaseException as exc:
+        # Compensation: the row is not there, so the object must not be either.
+        with anyio.CancelScope(shield=True):
+            await storage.delete_quietly(storage_key)
+            with contextlib.suppress(Exception):
+                await session.rollback()
+        if isinstance(exc, SQLAlchemyError | OSError):
+            logger.warning("saving document %s failed: %s", document_id, type(exc).__name__)
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, "database is unavailable; nothing was stored"
+            ) from None
+        raise
+    response.headers["Location"] = f"/documents/{document_id}"
+    response.headers["ETag"] = _version_etag(document)
+    return DocumentOut.from_model(document)
+
+
+@router.get("", response_model=DocumentPage)
+async def list_documents(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=256, description="`next_cursor` of the previous page.")
+    ] = None,
+    tag: Annotated[str | None, Query(max_length=64, description="Only with this tag.")] = None,
+    owner: Annotated[str | None, Query(max_length=64, description="Only of this owner.")] = None,
+) -> DocumentPage:
+    """Documents newest first (created_at DESC, id DESC), keyset-paginated."""
+    try:
+        after = None if cursor is None else decode_cursor(cursor)
+    except InvalidCursorError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"bad cursor: {exc}") from None
+    try:
+        tag_name = None if tag is None else normalize_tag(tag)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    rows = list(await session.scalars(document_page(limit + 1, after, owner, tag_name)))
+    page = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        last = page[-1]
+        next_cursor = encode_cursor(CursorPosition(last.created_at, last.id))
+    return DocumentPage(items=[DocumentOut.from_model(d) for d in page], next_cursor=next_cursor)
+
+
+@router.get("/{document_id}", response_model=DocumentOut, responses={404: {}})
+async def get_document(
+    document_id: uuid.UUID, session: SessionDep, response: Response
+) -> DocumentOut:
+    """Metadata of one document; its ETag is the version, for PATCH's If-Match."""
+    document = await _load_document(session, document_id)
+    response.headers["ETag"] = _version_etag(document)
+    return DocumentOut.from_model(document)
+
+
+@router.get(
+    "/{document_id}/content",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The bytes."},
+        206: {"description": "The requested byte range (`Range: bytes=a-b`)."},
+        404: {},
+        416: {"description": "The range starts past the end."},
+        503: {"description": "Storage unavailable."},
+    },
+)
+async def download_document(
+    document_id: uuid.UUID,
+    session: SessionDep,
+    storage: StorageDep,
+    range_header: Annotated[str | None, Header(alias="range")] = None,
+) -> Response:
+    """Stream the stored bytes; supports a single `Range: bytes=first-last`."""
+    document = await _load_document(session, document_id)
+    size = document.size_bytes
+    headers = {
+        "ETag": f'"{document.sha256}"',
+        "Content-Disposition": content_disposition(document.filename),
+        "Accept-Ranges": "bytes",
+        "X-Content-Type-Options": "nosniff",
+    }
+    try:
+        byte_range = parse_byte_range(range_header, size)
+    except RangeNotSatisfiableError:
+        return JSONResponse(
+            {"detail": f"range not satisfiable; the document has {size} bytes"},
+            status_code=status.HTTP_416_RANGE_NOT_SATISFIABLE,
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    try:
+        stream = await storage.open_download(document.storage_key, byte_range)
+    except StorageError as exc:
+        logger.warning("download of %s failed: %s", document.storage_key, exc)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "storage is unavailable") from None
+    status_code = status.HTTP_200_OK
+    if byte_range is not None:
+        status_code = status.HTTP_206_PARTIAL_CONTENT
+        headers["Content-Range"] = f"bytes {byte_range[0]}-{byte_range[1]}/{size}"
+    headers["Content-Length"] = str(stream.content_length)
+    return StreamingResponse(
+        stream.chunks, status_code=status_code, media_type=document.content_type, headers=headers
+    )
+
+
+@router.patch(
+    "/{document_id}",
+    response_model=DocumentOut,
+    responses={
+        401: {},
+        403: {"description": "Not the owner."},
+        404: {},
+        412: {"description": "If-Match does not carry the current version."},
+        428: {"description": "If-Match is missing."},
+    },
+)
+async def patch_document(
+    document_id: uuid.UUID,
+    changes: DocumentPatch,
+    owner: OwnerDep,
+    session: SessionDep,
+    response: Response,
+    if_match: Annotated[
+        str | None, Header(description='The current version, e.g. `3` or `"3"`.')
+    ] = None,
+) -> DocumentOut:
+    """Rename and/or replace the tags; optimistic concurrency through If-Match: <version>."""
+    document = await _load_document(session, document_id, for_update=True)
+    if document.owner != owner:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "only the owner may change a document")
+    if if_match is None:
+        raise HTTPException(
+            status.HTTP_428_PRECONDITION_REQUIRED,
+            f"send If-Match with the current version ({_version_etag(document)} from GET)",
+        )
+    if parse_if_match_version(if_match) != document.version:
+        raise HTTPException(
+            status.HTTP_412_PRECONDITION_FAILED,
+            "If-Match does not match the current version; fetch the document and retry",
+        )
+    if changes.filename is not None:
+        document.filename = sanitize_filename(changes.filename)
+    if changes.tags is not None:
+        document.tags = await ensure_tags(session, changes.tags)
+    document.version += 1
+    document.updated_at = func.clock_timestamp()
+    await session.commit()
+    await session.refresh(document, attribute_names=["updated_at"])
+    response.headers["ETag"] = _version_etag(document)
+    return DocumentOut.from_model(document)
+
+
+@router.delete(
+    "/{document_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={401: {}, 403: {"description": "Not the owner."}, 404: {}},
+)
+async def delete_document(
+    document_id: uuid.UUID, owner: OwnerDep, session: SessionDep, storage: StorageDep
+) -> Response:
+    """Delete the row (recording its object in the outbox atomically), then the object."""
+    document = await _load_document(session, document_id, for_update=True)
+    if document.owner != owner:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "only the owner may delete a document")
+    storage_key = document.storage_key
+    await session.delete(document)
+    session.add(PendingObjectDeletion(storage_key=storage_key))
+    await session.commit()
+    # From here the row is gone and the key is safe in the outbox: a failure below only
+    # leaves work for `python -m api.storage_gc`, never a row without its object.
+    if await storage.delete_quietly(storage_key):
+        try:
+            await session.execute(forget_pending_deletion(storage_key))
+            await session.commit()
+        except SQLAlchemyError:
+            logger.warning("object %s deleted but its outbox row stays", storage_key)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
