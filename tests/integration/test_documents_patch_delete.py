@@ -1,0 +1,187 @@
+"""PATCH with optimistic concurrency (If-Match) and DELETE of row plus object, owner only."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.models import Document, PendingObjectDeletion
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+async def create(client: httpx.AsyncClient, tags: str = "draft") -> dict[str, object]:
+    response = await client.post(
+        "/documents", files={"file": ("doc.txt", b"content", "text/plain")}, data={"tags": tags}
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+def object_keys(s3_client: S3Client, bucket: str) -> list[str]:
+    listing = s3_client.list_objects_v2(Bucket=bucket)
+    return [item["Key"] for item in listing.get("Contents", [])]
+
+
+@pytest.mark.parametrize("if_match", ["1", '"1"'])
+async def test_patch_with_the_current_version_updates_and_bumps_version(
+    authed_client: httpx.AsyncClient, if_match: str
+) -> None:
+    created = await create(authed_client)
+
+    response = await authed_client.patch(
+        f"/documents/{created['id']}",
+        json={"filename": "final.txt", "tags": ["Done", "reviewed"]},
+        headers={"If-Match": if_match},
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["version"] == 2
+    assert body["filename"] == "final.txt"
+    assert body["tags"] == ["done", "reviewed"]
+    assert body["updated_at"] > str(created["updated_at"])
+    assert body["created_at"] == created["created_at"]
+    assert response.headers["etag"] == '"2"'
+
+
+async def test_patch_with_only_tags_keeps_the_filename(authed_client: httpx.AsyncClient) -> None:
+    created = await create(authed_client)
+
+    response = await authed_client.patch(
+        f"/documents/{created['id']}", json={"tags": []}, headers={"If-Match": "1"}
+    )
+
+    assert response.json()["tags"] == []
+    assert response.json()["filename"] == created["filename"]
+
+
+async def test_patch_with_a_stale_version_gets_412_and_changes_nothing(
+    authed_client: httpx.AsyncClient,
+) -> None:
+    created = await create(authed_client)
+    first = await authed_client.patch(
+        f"/documents/{created['id']}", json={"filename": "one.txt"}, headers={"If-Match": "1"}
+    )
+    assert first.status_code == 200
+
+    stale = await authed_client.patch(
+        f"/documents/{created['id']}", json={"filename": "two.txt"}, headers={"If-Match": "1"}
+    )
+
+    assert stale.status_code == 412
+    current = (await authed_client.get(f"/documents/{created['id']}")).json()
+    assert current["filename"] == "one.txt"
+    assert current["version"] == 2
+
+
+async def test_patch_without_if_match_gets_428(authed_client: httpx.AsyncClient) -> None:
+    created = await create(authed_client)
+
+    response = await authed_client.patch(f"/documents/{created['id']}", json={"filename": "x"})
+
+    assert response.status_code == 428
+
+
+async def test_patch_by_another_owner_gets_403(
+    authed_client: httpx.AsyncClient, other_client: httpx.AsyncClient
+) -> None:
+    created = await create(authed_client)
+
+    response = await other_client.patch(
+        f"/documents/{created['id']}", json={"filename": "mine.txt"}, headers={"If-Match": "1"}
+    )
+
+    assert response.status_code == 403
+
+
+async def test_patch_of_an_unknown_document_gets_404(authed_client: httpx.AsyncClient) -> None:
+    response = await authed_client.patch(
+        f"/documents/{uuid.uuid4()}", json={"filename": "x"}, headers={"If-Match": "1"}
+    )
+
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"filename": ""}, {"tags": ["bad tag"]}, {"owner": "bob"}, {"tags": "a,b"}],
+    ids=["empty", "empty-filename", "bad-tag", "unknown-field", "tags-not-a-list"],
+)
+async def test_patch_with_an_invalid_body_gets_422(
+    authed_client: httpx.AsyncClient, body: dict[str, object]
+) -> None:
+    created = await create(authed_client)
+
+    response = await authed_client.patch(
+        f"/documents/{created['id']}", json=body, headers={"If-Match": "1"}
+    )
+
+    assert response.status_code == 422
+
+
+async def test_patch_without_a_token_gets_401(
+    authed_client: httpx.AsyncClient, client: httpx.AsyncClient
+) -> None:
+    created = await create(authed_client)
+
+    response = await client.patch(
+        f"/documents/{created['id']}", json={"filename": "x"}, headers={"If-Match": "1"}
+    )
+
+    assert response.status_code == 401
+
+
+async def test_delete_removes_row_object_and_leaves_no_outbox_entry(
+    authed_client: httpx.AsyncClient,
+    db_session: AsyncSession,
+    s3_client: S3Client,
+    s3_bucket: str,
+) -> None:
+    created = await create(authed_client)
+
+    response = await authed_client.delete(f"/documents/{created['id']}")
+
+    assert response.status_code == 204
+    assert response.content == b""
+    assert (await authed_client.get(f"/documents/{created['id']}")).status_code == 404
+    assert await db_session.scalar(select(func.count()).select_from(Document)) == 0
+    assert await db_session.scalar(select(func.count()).select_from(PendingObjectDeletion)) == 0
+    assert object_keys(s3_client, s3_bucket) == []
+
+
+async def test_delete_by_another_owner_gets_403_and_keeps_everything(
+    authed_client: httpx.AsyncClient,
+    other_client: httpx.AsyncClient,
+    s3_client: S3Client,
+    s3_bucket: str,
+) -> None:
+    created = await create(authed_client)
+
+    response = await other_client.delete(f"/documents/{created['id']}")
+
+    assert response.status_code == 403
+    assert (await authed_client.get(f"/documents/{created['id']}")).status_code == 200
+    assert object_keys(s3_client, s3_bucket) == [f"documents/{created['id']}"]
+
+
+async def test_delete_without_a_token_gets_401(
+    authed_client: httpx.AsyncClient, client: httpx.AsyncClient
+) -> None:
+    created = await create(authed_client)
+
+    response = await client.delete(f"/documents/{created['id']}")
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_delete_of_an_unknown_document_gets_404(authed_client: httpx.AsyncClient) -> None:
+    assert (await authed_client.delete(f"/documents/{uuid.uuid4()}")).status_code == 404
