@@ -100,7 +100,13 @@ VARIABLES: tuple[Variable, ...] = (
         "TEST_HARNESS_CACHE_DIR",
         SetBy.USER,
         "embedded path: where the initdb template (and, as root, a binaries copy) is cached",
-        "/var/tmp/docstore-harness-cache",
+        "/var/tmp/docstore-harness-cache-<uid>",
+    ),
+    Variable(
+        "TEST_HARNESS_RUN_BASE",
+        SetBy.USER,
+        "embedded path: where each run's data, sockets and logs live (removed after the run)",
+        "/dev/shm/docstore-harness-<uid>",
     ),
     Variable(
         "DOCSTORE_TEST_RUN_ID",
