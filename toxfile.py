@@ -5,19 +5,28 @@
   TOX_DOCKER_GATEWAY is set in tox's own environment, so we set a default here.
 - Without a Docker daemon, tox-docker ends in a long traceback; we fail first,
   with one message that says how to run without Docker.
-- Container start-up runs outside tox's try/finally: an error or Ctrl-C after a
-  container started leaks it. We remove this run's containers in that case.
+- Container start-up runs outside tox's try/finally, and its health wait never
+  looks at Ctrl-C: an error or an interrupt there leaks the containers. We
+  remove them, and we remove the containers of tox runs that were killed.
+- SIGTERM (a CI job cancelled) is handled like Ctrl-C, so tox-docker's own
+  cleanup runs instead of the process dying with its containers up.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import signal
+import threading
 from collections.abc import Generator
+from types import FrameType
 from urllib.parse import urlsplit
 
 from tox.plugin import impl
 from tox.tox_env.api import ToxEnv
 from tox.tox_env.errors import Fail
+
+WATCH_INTERVAL_S = 0.2
 
 
 def _default_gateway() -> str:
@@ -31,11 +40,22 @@ def _default_gateway() -> str:
 os.environ.setdefault("TOX_DOCKER_GATEWAY", _default_gateway())
 
 
-def _uses_docker(tox_env: ToxEnv) -> bool:
+def _sigterm_as_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+if (
+    threading.current_thread() is threading.main_thread()
+    and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+):
+    signal.signal(signal.SIGTERM, _sigterm_as_keyboard_interrupt)
+
+
+def _container_names(tox_env: ToxEnv) -> list[str]:
     try:
-        return bool(tox_env.conf.load("docker"))
+        return [str(conf.name) for conf in tox_env.conf.load("docker")]
     except KeyError:  # tox-docker is not installed: nothing of ours to do
-        return False
+        return []
 
 
 def docker_unreachable() -> str | None:
@@ -51,10 +71,64 @@ def docker_unreachable() -> str | None:
     return None
 
 
+def _daemon_is_local() -> bool:
+    return not os.environ.get("DOCKER_HOST", "unix://").startswith(("tcp://", "ssh://", "http"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_containers(names: set[str]) -> list[str]:
+    import docker
+    from docker.errors import APIError
+
+    client = docker.from_env()
+    removed = []
+    for container in client.containers.list(all=True):
+        if container.name in names:
+            try:
+                container.remove(v=True, force=True)
+            except APIError as error:  # already gone, or removal already under way
+                if error.status_code not in (404, 409):
+                    raise
+            removed.append(container.name)
+    return removed
+
+
+def _remove_leftovers_of_dead_runs(container_names: list[str]) -> list[str]:
+    """Containers `<name>-tox-<pid>` of our names whose tox process is gone."""
+    if not _daemon_is_local():
+        return []  # pids of another machine mean nothing here
+    import docker
+
+    pattern = re.compile(rf"^({'|'.join(map(re.escape, container_names))})-tox-(\d+)$")
+    dead = set()
+    for container in docker.from_env().containers.list(all=True):
+        match = pattern.match(container.name or "")
+        if match and not _pid_alive(int(match.group(2))):
+            dead.add(container.name)
+    return _remove_containers(dead)
+
+
+def _watch_for_interrupt(tox_env: ToxEnv, names: set[str], done: threading.Event) -> None:
+    """tox-docker's health wait ignores Ctrl-C: remove the containers, which ends the wait."""
+    while not done.wait(WATCH_INTERVAL_S):
+        if getattr(tox_env, "_interrupted", False):
+            _remove_containers(names)
+
+
 @impl(wrapper=True, tryfirst=True)
 def tox_before_run_commands(tox_env: ToxEnv) -> Generator[None, None, None]:
     """Check the daemon before tox-docker starts anything; remove what it started if it fails."""
-    if not _uses_docker(tox_env):
+    container_names = _container_names(tox_env)
+    if not container_names:
         return (yield)
     reason = docker_unreachable()
     if reason is not None:
@@ -65,15 +139,27 @@ def tox_before_run_commands(tox_env: ToxEnv) -> Generator[None, None, None]:
             "  Without Docker run `make test-integration` (it picks the embedded services)\n"
             "  or `tox -e integration-embedded`. With Docker, start the daemon or set DOCKER_HOST."
         )
+    for name in _remove_leftovers_of_dead_runs(container_names):
+        print(f"{tox_env.name}: removed container {name} left by a tox run that was killed")
+
+    from tox_docker.config import runas_name
+
+    ours = {runas_name(name) for name in container_names}
+    done = threading.Event()
+    watcher = threading.Thread(target=_watch_for_interrupt, args=(tox_env, ours, done), daemon=True)
+    watcher.start()
     try:
         return (yield)
-    except BaseException:
-        # tox-docker's own cleanup runs only after the commands; on an error or
-        # Ctrl-C during start-up or the health wait, its containers would leak.
-        from tox_docker.plugin import clean_up_containers
-
-        clean_up_containers(tox_env)
-        raise
+    except BaseException as error:
+        removed = _remove_containers(ours)
+        if getattr(tox_env, "_interrupted", False):
+            raise Fail(f"interrupted while starting containers; removed {removed}") from None
+        raise Fail(
+            f"container start-up failed ({type(error).__name__}: {error}); removed {removed}"
+        ) from error
+    finally:
+        done.set()
+        watcher.join()
 
 
 if __name__ == "__main__":
