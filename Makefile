@@ -60,8 +60,9 @@ coverage: tools ## branch coverage of api from both tiers (embedded services), H
 dev: tools ## serve the API on http://127.0.0.1:8000 on the embedded services; Ctrl-C stops all
 	$(TOX) -e dev
 
-bench-services: tools ## start-up times of the embedded services, median of 5
+bench-services: tools ## start-up times of the embedded services and of make test-integration, median of 5
 	$(TOX) -e bench-services
+	$(PYTHON) bench/bench_make.py
 
 clean: ## remove tox envs, tools, reports and caches (never your data)
 	rm -rf .tox $(TOOLS) reports .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* bench/results.json

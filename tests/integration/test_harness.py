@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -16,7 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.pool import NullPool
 
 from api.models import Base, Document, Tag
+from tests.harness.contract import RUN_ID_VARIABLE
 from tests.harness.janitor import (
+    PROJECT_ROOT,
     STAMP_MARK,
     JanitorRefusal,
     RunNames,
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 MARKER_KEY = "isolation-probe"
+HEALTH_TESTS = "tests/integration/test_health.py"
 MARKER_TAG = "isolation-probe-tag"
 
 
@@ -173,3 +179,38 @@ async def test_janitor_refuses_to_drop_a_schema_without_its_stamp(
         async with admin.begin() as conn:
             await conn.execute(text(f'DROP SCHEMA IF EXISTS "{names.schema}"'))
         await admin.dispose()
+
+
+async def test_a_run_leaves_no_schema_and_no_bucket_behind(
+    database_url: str, s3_client: S3Client, run_names: RunNames
+) -> None:
+    child = RunNames(f"{run_names.run_id}_child{uuid.uuid4().hex[:6]}", "main")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "DOCSTORE_TEST"))}
+    env[RUN_ID_VARIABLE] = child.run_id
+
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", HEALTH_TESTS],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    admin = create_async_engine(database_url, poolclass=NullPool)
+    try:
+        async with admin.connect() as conn:
+            schemas = (
+                await conn.execute(
+                    text("SELECT nspname FROM pg_namespace WHERE nspname = :s"),
+                    {"s": child.schema},
+                )
+            ).all()
+    finally:
+        await admin.dispose()
+    buckets = await asyncio.to_thread(s3_client.list_buckets)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed" in result.stdout
+    assert schemas == []
+    assert child.bucket not in {b["Name"] for b in buckets.get("Buckets", [])}
