@@ -1,10 +1,8 @@
 """Fixtures of the integration tier: the run's schema and bucket, per-test isolation, HTTP clients.
 
 Registered by tests/conftest.py once the guard has passed. Per-test isolation
-follows SQLAlchemy's documented recipe "Joining a Session into an External
-Transaction": each test runs inside an outer transaction that is rolled back,
-and the session turns its own commits into SAVEPOINTs
-(join_transaction_mode="create_savepoint").
+lives in tests/harness/isolation.py (SAVEPOINT by default, real commits on
+request), shared with the benchmarks.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ from api.deps import get_session
 from api.models import Base
 from api.storage import make_s3_client
 from tests.harness import contract
+from tests.harness.isolation import committing_session, savepoint_session
 from tests.harness.janitor import BucketJanitor, RunNames, SchemaJanitor, drift, migrate
 
 if TYPE_CHECKING:
@@ -174,22 +173,12 @@ async def db_session(
     plain session that really commits; the tables are emptied after the test.
     """
     if _real_commits(request):
-        async with AsyncSession(engine, expire_on_commit=False) as session:
+        tables = [t.name for t in Base.metadata.sorted_tables]
+        async with committing_session(engine, _run_schema, tables) as session:
             yield session
-        async with engine.begin() as conn:
-            await _run_schema.truncate(conn, [t.name for t in Base.metadata.sorted_tables])
-        return
-    async with engine.connect() as conn:
-        outer = await conn.begin()
-        session = AsyncSession(
-            bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False
-        )
-        try:
+    else:
+        async with savepoint_session(engine) as session:
             yield session
-        finally:
-            await session.close()
-            if outer.is_active:
-                await outer.rollback()
 
 
 @pytest_asyncio.fixture(scope="session")
