@@ -7,6 +7,7 @@ request), shared with the benchmarks.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
@@ -25,7 +26,15 @@ from api.models import Base
 from api.storage import make_s3_client
 from tests.harness import contract
 from tests.harness.isolation import committing_session, savepoint_session
-from tests.harness.janitor import BucketJanitor, RunNames, SchemaJanitor, drift, migrate
+from tests.harness.janitor import (
+    BucketJanitor,
+    RunNames,
+    SchemaJanitor,
+    drift,
+    migrate,
+    sweep_dead_buckets,
+    sweep_dead_schemas,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -54,6 +63,18 @@ def database_url() -> str:
     return url
 
 
+def _sweeps(names: RunNames) -> bool:
+    """One process per run removes what killed runs left behind (the others would race it)."""
+    return names.worker in {"main", "gw0"}
+
+
+def _report(request: pytest.FixtureRequest, kind: str, removed: list[str]) -> None:
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    for name in removed:
+        if reporter is not None:
+            reporter.write_line(f"harness: removed {kind} {name!r} left by a run that was killed")
+
+
 @pytest.fixture(scope="session")
 def s3_target() -> contract.S3Target:
     return contract.resolve_s3()
@@ -67,6 +88,8 @@ async def _run_schema(
     # connection open that could hold a lock when the schema is dropped.
     admin = create_async_engine(database_url, poolclass=NullPool)
     try:
+        if _sweeps(run_names):
+            _report(request, "schema", await sweep_dead_schemas(admin))
         janitor = SchemaJanitor(admin, run_names)
         async with janitor:
             yield janitor
@@ -80,6 +103,8 @@ async def _run_bucket(
     request: pytest.FixtureRequest, s3_target: contract.S3Target, run_names: RunNames
 ) -> AsyncIterator[BucketJanitor]:
     client = _s3_client_for(s3_target, run_names.bucket)
+    if _sweeps(run_names):
+        _report(request, "bucket", await asyncio.to_thread(sweep_dead_buckets, client))
     janitor = BucketJanitor(client, run_names)
     async with janitor:
         yield janitor

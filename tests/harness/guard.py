@@ -6,6 +6,7 @@ only the standard library: the decision must take a fraction of a second.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
@@ -13,6 +14,7 @@ from urllib.parse import SplitResult, urlsplit
 from tests.harness.contract import DatabaseTarget, S3Target
 
 REQUIRED_SCHEME = "postgresql+asyncpg"
+ALLOW_HOSTS_VARIABLE = "TEST_ALLOWED_HOSTS"
 EXAMPLE_URL = "postgresql+asyncpg://docstore_test:***@127.0.0.1:5432/docstore_test"
 HOW_TO_START = (
     "Run `make test-integration`: it starts PostgreSQL and S3 for you "
@@ -99,7 +101,44 @@ def check_database_target(target: DatabaseTarget, env: Mapping[str, str]) -> str
         raise GuardError(_bad_url_message("it names no host", url, target.source))
     if not parts.path.strip("/"):
         raise GuardError(_bad_url_message("it names no database", url, target.source))
+    if target.source == "TEST_DATABASE_URL":
+        _check_host_allowed(parts.hostname, target.source, mask_url(url), env)
     return url
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in {"localhost", "localhost.localdomain"}:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(env: Mapping[str, str]) -> set[str]:
+    return {h.strip().lower() for h in env.get(ALLOW_HOSTS_VARIABLE, "").split(",") if h.strip()}
+
+
+def _check_host_allowed(host: str, source: str, shown: str, env: Mapping[str, str]) -> None:
+    """An explicit URL may name only loopback, unless its host is listed in the allow variable.
+
+    URLs built from POSTGRES_HOST/MINIO_HOST come from tox-docker or the embedded
+    launcher, which start throwaway servers: they are trusted and not checked here.
+    """
+    if is_loopback(host) or host.lower() in allowed_hosts(env):
+        return
+    raise GuardError(
+        "\n".join(
+            [
+                f"Integration tests refuse the non-loopback host {host!r} unless you allow it.",
+                f"  got:  {source}={shown!r}",
+                "  why:  the tests create, empty and drop things; a remote host may be a "
+                "shared or production server.",
+                f"  fix:  if it is a throwaway test service (a CI service container, say), set "
+                f"{ALLOW_HOSTS_VARIABLE}={host}",
+            ]
+        )
+    )
 
 
 def check_s3_target(target: S3Target, env: Mapping[str, str]) -> str:
@@ -129,6 +168,8 @@ def check_s3_target(target: S3Target, env: Mapping[str, str]) -> str:
                 ]
             )
         )
+    if target.source == "TEST_S3_ENDPOINT_URL":
+        _check_host_allowed(parts.hostname, target.source, target.endpoint_url, env)
     if not (target.access_key and target.secret_key):
         raise GuardError(
             "Integration tests need S3 credentials.\n"
