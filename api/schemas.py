@@ -6,7 +6,7 @@ import re
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -103,6 +103,12 @@ class DocumentPatch(BaseModel):
         if self.filename is None and self.tags is None:
             raise ValueError("give at least one of `filename` or `tags`")
         return self
+
+
+class ErrorOut(BaseModel):
+    """An error body: a message, or for request validation FastAPI's list of problems."""
+
+    detail: str | list[dict[str, Any]]
 
 
 class TagCount(BaseModel):

@@ -20,7 +20,14 @@ from api.models import Document, PendingObjectDeletion
 from api.multipart import MultipartError
 from api.queries import document_by_id, document_page, ensure_tags, forget_pending_deletion
 from api.ranges import RangeNotSatisfiableError, parse_byte_range, parse_if_match_version
-from api.schemas import TAG_RULES, DocumentOut, DocumentPage, DocumentPatch, normalize_tag
+from api.schemas import (
+    TAG_RULES,
+    DocumentOut,
+    DocumentPage,
+    DocumentPatch,
+    ErrorOut,
+    normalize_tag,
+)
 from api.storage import StorageError
 from api.uploads import UploadRejectedError, UploadTooLargeError, receive_upload
 
@@ -96,6 +103,7 @@ def _version_etag(document: Document) -> str:
         401: {"description": "Missing or unknown Bearer token."},
         413: {"description": "The file is larger than MAX_UPLOAD_BYTES."},
         415: {"description": "The body is not multipart/form-data."},
+        422: {"model": ErrorOut, "description": "Empty file, malformed form or bad tags."},
         503: {"description": "Storage or database unavailable; nothing was stored."},
     },
 )
@@ -165,7 +173,11 @@ async def upload_document(
     return DocumentOut.from_model(document)
 
 
-@router.get("", response_model=DocumentPage)
+@router.get(
+    "",
+    response_model=DocumentPage,
+    responses={422: {"model": ErrorOut, "description": "Bad limit, cursor, tag or owner."}},
+)
 async def list_documents(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
@@ -207,8 +219,12 @@ async def get_document(
     "/{document_id}/content",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "The bytes."},
-        206: {"description": "The requested byte range (`Range: bytes=a-b`)."},
+        # The stored bytes keep the media type they were uploaded with: any type may come back.
+        200: {"content": {"*/*": {}}, "description": "The bytes."},
+        206: {
+            "content": {"*/*": {}},
+            "description": "The requested byte range (`Range: bytes=a-b`).",
+        },
         404: {},
         416: {"description": "The range starts past the end."},
         503: {"description": "Storage unavailable."},
@@ -256,6 +272,7 @@ async def download_document(
     "/{document_id}",
     response_model=DocumentOut,
     responses={
+        400: {"description": "The body could not be parsed (not UTF-8 JSON)."},
         401: {},
         403: {"description": "Not the owner."},
         404: {},

@@ -1,0 +1,368 @@
+"""Real faults, no mocks: S3 or PostgreSQL unreachable, a database that fails after the object
+upload, and a PostgreSQL server killed in the middle of a run.
+
+Each unreachable service is a loopback port nobody listens on (bound, noted and closed);
+the killed server is a private embedded PostgreSQL started by the test itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from api import Settings, create_app
+from api.deps import get_session
+from api.models import Document
+from api.storage import make_s3_client
+from tests.harness import contract
+from tests.harness.fixtures import TOKENS
+from tests.harness.janitor import migrate
+from tests.harness.services import start_embedded_services
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+REQUEST_DEADLINE_S = 10.0
+ALICE = {"Authorization": f"Bearer {TOKENS['alice']}"}
+
+
+def closed_port() -> int:
+    """A loopback port that was free a moment ago and that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@asynccontextmanager
+async def client_of(
+    settings: Settings, session: AsyncSession | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a fresh app built for `settings`; with `session`, the app uses it (like the
+    `app` fixture does), so its writes roll back with the test."""
+    app: FastAPI = create_app(settings)
+    if session is not None:
+
+        async def _test_session() -> AsyncIterator[AsyncSession]:
+            yield session
+
+        app.dependency_overrides[get_session] = _test_session
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test", headers=ALICE
+        ) as client:
+            yield client
+    finally:
+        await app.state.engine.dispose()
+
+
+async def within_deadline(request: Coroutine[Any, Any, httpx.Response]) -> httpx.Response:
+    """Await a request that must answer (not hang) within REQUEST_DEADLINE_S."""
+    async with asyncio.timeout(REQUEST_DEADLINE_S):
+        response: httpx.Response = await request
+    return response
+
+
+async def document_rows(db_session: AsyncSession) -> int:
+    return await db_session.scalar(select(func.count()).select_from(Document)) or 0
+
+
+def object_keys(s3_client: S3Client, bucket: str) -> list[str]:
+    return [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def assert_no_stack_trace(response: httpx.Response) -> None:
+    assert response.headers["content-type"].startswith("application/json")
+    assert "Traceback" not in response.text
+    assert "Error" not in response.json()["detail"]  # no exception class names leak
+
+
+# ---------------------------------------------------------------- S3 unavailable
+
+
+async def test_an_upload_while_s3_is_unreachable_gets_503_naming_storage_and_writes_no_row(
+    settings: Settings, db_session: AsyncSession
+) -> None:
+    no_s3 = settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{closed_port()}"})
+
+    async with client_of(no_s3, db_session) as client:
+        response = await within_deadline(
+            client.post("/documents", files={"file": ("a.txt", b"data")}, data={"tags": "x"})
+        )
+
+    assert response.status_code == 503, response.text
+    assert "storage" in response.json()["detail"]
+    assert_no_stack_trace(response)
+    assert await document_rows(db_session) == 0
+
+
+async def test_health_while_s3_is_unreachable_gets_503_naming_storage(
+    settings: Settings, db_session: AsyncSession
+) -> None:
+    no_s3 = settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{closed_port()}"})
+
+    async with client_of(no_s3, db_session) as client:
+        response = await within_deadline(client.get("/health"))
+
+    assert response.status_code == 503
+    assert response.json() == {
+        "database": "ok",
+        "storage": "unavailable",
+        "detail": "unavailable: storage",
+    }
+
+
+async def test_a_download_while_s3_is_unreachable_gets_503_naming_storage(
+    settings: Settings, db_session: AsyncSession, authed_client: httpx.AsyncClient
+) -> None:
+    created = await authed_client.post("/documents", files={"file": ("a.txt", b"data")})
+    assert created.status_code == 201, created.text
+    no_s3 = settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{closed_port()}"})
+
+    async with client_of(no_s3, db_session) as client:
+        response = await within_deadline(client.get(f"/documents/{created.json()['id']}/content"))
+
+    assert response.status_code == 503
+    assert "storage" in response.json()["detail"]
+    assert_no_stack_trace(response)
+
+
+# ---------------------------------------------------------------- database unavailable
+
+
+def without_database(settings: Settings) -> Settings:
+    url = contract.resolve_database_url().url
+    assert url is not None
+    host_port = url.rsplit("@", 1)[1].split("/", 1)[0]
+    return settings.model_copy(
+        update={"database_url": url.replace(host_port, f"127.0.0.1:{closed_port()}")}
+    )
+
+
+async def test_health_while_the_database_is_unreachable_gets_503_naming_database(
+    settings: Settings, s3_bucket: str
+) -> None:
+    async with client_of(without_database(settings)) as client:
+        response = await within_deadline(client.get("/health"))
+
+    assert response.status_code == 503
+    assert response.json() == {
+        "database": "unavailable",
+        "storage": "ok",
+        "detail": "unavailable: database",
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/documents"), ("GET", "/tags"), ("GET", "/documents/{id}")],
+    ids=["list", "tags", "metadata"],
+)
+async def test_reads_while_the_database_is_unreachable_get_503_naming_database(
+    settings: Settings, s3_bucket: str, method: str, path: str
+) -> None:
+    async with client_of(without_database(settings)) as client:
+        response = await within_deadline(
+            client.request(method, path.format(id="00000000-0000-4000-8000-000000000000"))
+        )
+
+    assert response.status_code == 503
+    assert response.json() == {"detail": "database is unavailable"}
+
+
+async def test_an_upload_while_the_database_is_unreachable_gets_503_and_leaves_no_object(
+    settings: Settings, s3_client: S3Client, s3_bucket: str
+) -> None:
+    async with client_of(without_database(settings)) as client:
+        response = await within_deadline(
+            client.post("/documents", files={"file": ("a.txt", b"data")}, data={"tags": "x"})
+        )
+
+    assert response.status_code == 503, response.text
+    assert "database" in response.json()["detail"]
+    assert_no_stack_trace(response)
+    assert object_keys(s3_client, s3_bucket) == []
+
+
+# ---------------------------------------------------------------- database fails after the upload
+
+
+async def test_a_database_failure_after_the_object_upload_deletes_the_object_again(
+    authed_client: httpx.AsyncClient,
+    db_session: AsyncSession,
+    s3_client: S3Client,
+    s3_bucket: str,
+) -> None:
+    # A real server-side failure of the INSERT, after the bytes are in S3. The function and
+    # trigger live in the test's transaction and roll back with it.
+    await db_session.execute(
+        text(
+            "CREATE FUNCTION refuse_documents() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'documents are refused by the fault test'; END $$"
+        )
+    )
+    await db_session.execute(
+        text(
+            "CREATE TRIGGER refuse_documents BEFORE INSERT ON documents "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_documents()"
+        )
+    )
+    await (
+        db_session.commit()
+    )  # into the outer (rolled-back) transaction, before the app's savepoint
+
+    response = await authed_client.post(
+        "/documents", files={"file": ("a.txt", b"x" * 100_000)}, data={"tags": "fault"}
+    )
+
+    assert response.status_code == 503, response.text
+    assert "database" in response.json()["detail"]
+    assert "refused by the fault test" not in response.text
+    assert_no_stack_trace(response)
+    assert object_keys(s3_client, s3_bucket) == []
+    assert await document_rows(db_session) == 0
+    trigger = await db_session.scalar(
+        text("SELECT count(*) FROM pg_trigger WHERE tgname = 'refuse_documents'")
+    )
+    assert trigger == 1  # the failure really came from the trigger, which is still in place
+
+
+# ---------------------------------------------------------------- PostgreSQL killed mid-run
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name, or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def children_of(parent: int) -> set[int]:
+    """Pids whose parent is `parent` (the postmaster's backends and auxiliary processes)."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields is not None and int(fields[1]) == parent:  # state, ppid
+                children.add(int(entry.name))
+    return children
+
+
+def alive(pids: set[int]) -> set[int]:
+    """The pids that still run (a zombie waiting to be reaped does not count)."""
+    return {pid for pid in pids if (fields := _stat(pid)) is not None and fields[0] != "Z"}
+
+
+def wait_until(condition: Callable[[], bool], deadline_s: float, what: str) -> None:
+    """Poll a condition until it holds, failing at the deadline."""
+    end = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"{what} did not happen within {deadline_s} s")
+        time.sleep(0.02)
+
+
+@contextmanager
+def private_services() -> Iterator[tuple[Settings, int, int]]:
+    """Own PostgreSQL + S3 for this test: (settings, postmaster pid, S3 server pid)."""
+    running = start_embedded_services(report=None)
+    try:
+        assert running.postgres is not None and running.postgres.proc is not None
+        assert running.s3 is not None and running.s3.proc is not None
+        url = contract.resolve_database_url(running.env).url
+        s3 = contract.resolve_s3(running.env)
+        assert url is not None
+        settings = Settings(
+            database_url=url,
+            database_schema="faults",
+            s3_endpoint_url=s3.endpoint_url,
+            s3_region=s3.region,
+            s3_access_key=s3.access_key,
+            s3_secret_key=s3.secret_key,
+            s3_bucket="faults",
+            api_tokens=TOKENS,
+            max_upload_bytes=1024 * 1024,
+        )
+        yield settings, running.postgres.proc.pid, running.s3.proc.pid
+    finally:
+        started = time.monotonic()
+        running.stop()
+        stop_seconds = time.monotonic() - started
+        assert stop_seconds < REQUEST_DEADLINE_S, f"stop() took {stop_seconds:.1f} s"
+        assert not running.run.path.exists(), "the run directory was left behind"
+
+
+async def prepare(settings: Settings) -> None:
+    engine = create_async_engine(settings.database_url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE SCHEMA faults"))
+            await conn.execute(text("SET LOCAL search_path = faults"))
+            await conn.run_sync(migrate)
+    finally:
+        await engine.dispose()
+    await asyncio.to_thread(make_s3_client(settings).create_bucket, Bucket=settings.s3_bucket)
+
+
+async def test_killing_postgresql_mid_run_gives_quick_503s_and_a_clean_teardown() -> None:
+    with private_services() as (settings, postmaster, s3_pid):
+        await prepare(settings)
+        async with client_of(settings) as client:
+            created = await within_deadline(
+                client.post("/documents", files={"file": ("a.txt", b"before the crash")})
+            )
+            assert created.status_code == 201, created.text
+            listed = await within_deadline(client.get("/documents"))
+            assert [d["id"] for d in listed.json()["items"]] == [created.json()["id"]]
+            # The app's pool now holds a live connection to a backend of this postmaster.
+            postgres_processes = {postmaster} | children_of(postmaster)
+            assert len(alive(postgres_processes)) > 1
+
+            os.kill(postmaster, signal.SIGKILL)
+            wait_until(lambda: not alive(postgres_processes), 10, "every postgres process exiting")
+
+            for method, path in [
+                ("GET", "/documents"),
+                ("GET", f"/documents/{created.json()['id']}"),
+                ("GET", "/tags"),
+            ]:
+                started = time.monotonic()
+                response = await within_deadline(client.request(method, path))
+                assert response.status_code == 503, (path, response.text)
+                assert response.json() == {"detail": "database is unavailable"}
+                assert time.monotonic() - started < REQUEST_DEADLINE_S
+
+            upload = await within_deadline(
+                client.post("/documents", files={"file": ("b.txt", b"after the crash")})
+            )
+            assert upload.status_code == 503, upload.text
+            assert "database" in upload.json()["detail"]
+            health = await within_deadline(client.get("/health"))
+            assert health.status_code == 503
+            assert health.json()["database"] == "unavailable"
+            assert health.json()["storage"] == "ok"
+            # The failed upload's object was compensated; only the first document's remains.
+            keys = await asyncio.to_thread(
+                make_s3_client(settings).list_objects_v2, Bucket=settings.s3_bucket
+            )
+            assert [o["Key"] for o in keys.get("Contents", [])] == [
+                f"documents/{created.json()['id']}"
+            ]
+    assert not alive({s3_pid}), "the S3 server survived stop()"
+    assert not alive(postgres_processes), "a postgres process survived stop()"
