@@ -76,6 +76,18 @@ def pytest_configure(config: pytest.Config) -> None:
     from tests.harness import fixtures
 
     config.pluginmanager.register(fixtures, "docstore-harness-fixtures")
+    # Embedded launcher: its servers booted while the imports above ran; wait until they answer.
+    from tests.harness.readiness import wait_for_services_or_exit
+
+    wait_for_services_or_exit(config)
+    if "TEST_DATABASE_URL" in env and not hasattr(config, "workerinput"):
+        # A URL you typed may be a real database: refuse one with tables we did not create.
+        from tests.harness.safety import check_database_is_for_tests
+
+        try:
+            check_database_is_for_tests(targets.database_url, env)
+        except guard.GuardError as refusal:
+            pytest.exit(str(refusal), returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -89,6 +89,17 @@ VARIABLES: tuple[Variable, ...] = (
         SetBy.USER,
         "1: after a failing run, keep the services, schema and bucket, and print how to connect",
     ),
+    Variable(
+        "TEST_ALLOWED_HOSTS",
+        SetBy.USER,
+        "comma-separated non-loopback hosts an explicit TEST_DATABASE_URL/TEST_S3_ENDPOINT_URL "
+        "may name (CI service containers)",
+    ),
+    Variable(
+        "TEST_ALLOW_USER_TABLES",
+        SetBy.USER,
+        "1: accept a TEST_DATABASE_URL whose database holds tables the harness did not create",
+    ),
     Variable("PG_BINDIR", SetBy.USER, "embedded path: use these PostgreSQL binaries instead"),
     Variable(
         "TEST_SERVICES_TIMEOUT",
@@ -112,6 +123,11 @@ VARIABLES: tuple[Variable, ...] = (
         "DOCSTORE_TEST_RUN_ID",
         SetBy.HARNESS,
         "names this run's schema and bucket; shared by xdist workers",
+    ),
+    Variable(
+        "DOCSTORE_SERVICES_READY_FILE",
+        SetBy.HARNESS,
+        "embedded path: created by the launcher once the services answer; pytest waits for it",
     ),
 )
 

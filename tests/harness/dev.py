@@ -16,6 +16,7 @@ import boto3
 from botocore.config import Config
 
 from tests.harness import contract
+from tests.harness.readiness import wait_for_services_ready
 
 DEV_BUCKET = "docstore-dev"
 DEV_OWNER = "dev"
@@ -43,6 +44,7 @@ def app_environment(token: str) -> dict[str, str]:
 
 
 def main() -> None:
+    wait_for_services_ready()  # the launcher starts us while its servers boot
     token = secrets.token_urlsafe(24)
     env = {**os.environ, **app_environment(token)}
     subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], env=env, check=True)

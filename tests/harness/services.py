@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Protocol, TextIO
 from urllib.parse import quote
@@ -37,10 +38,14 @@ from tests.harness.procs import (
     server_user,
     services_timeout,
     signals_blocked,
+    stop_process,
 )
+from tests.harness.readiness import READY_FILE_VARIABLE, mark_ready
 from tests.harness.s3 import S3Credentials, SeaweedServer
 
 MAX_ATTEMPTS = 3  # per server, when its port is taken between choosing and binding it
+READY_FILE = "services-ready.json"  # in the run dir; its path is the child's READY_FILE_VARIABLE
+CHILD_GRACE_S = 3.0  # for the child to exit after SIGTERM (or the signal it already had)
 # Exactly the variables tox-docker and tox set_env provide on the Docker path.
 EXPORTED = tuple(
     v.name
@@ -63,8 +68,14 @@ class Server(Protocol):
     def ready_line(self) -> str: ...
 
 
-def launch(servers: Sequence[Server], timeout_s: float, report: TextIO | None) -> None:
-    """Spawn every server from this (main) thread, then wait for all of them concurrently.
+def launch(
+    servers: Sequence[Server],
+    timeout_s: float,
+    report: TextIO | None,
+    on_spawned: Callable[[], None] | None = None,
+) -> None:
+    """Spawn every server from this (main) thread, call `on_spawned` (their ports are known
+    by then), then wait for all of them concurrently.
 
     The caller stops the servers if this raises.
     """
@@ -79,6 +90,8 @@ def launch(servers: Sequence[Server], timeout_s: float, report: TextIO | None) -
                 server.prepare()
                 server.spawn()
                 pending[pool.submit(server.wait_ready, deadline, timeout_s, cancel)] = server
+            if on_spawned:
+                on_spawned()
             while pending:
                 # A timeout keeps the main thread responsive to Ctrl-C.
                 done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
@@ -139,6 +152,21 @@ class RunningServices:
     def __post_init__(self) -> None:
         self.env = contract_env(self.postgres, self.s3)
 
+    @property
+    def ready_file(self) -> Path:
+        return self.run.path / READY_FILE
+
+    def start(
+        self,
+        timeout_s: float,
+        report: TextIO | None,
+        on_spawned: Callable[[], None] | None = None,
+    ) -> None:
+        """Spawn the servers and wait until they answer (main thread); stop() cleans up."""
+        servers: list[Server] = [s for s in (self.s3, self.postgres) if s]
+        launch(servers, timeout_s, report, on_spawned)
+        self.env = contract_env(self.postgres, self.s3)
+
     def stop(self) -> None:
         """Stop the servers and remove the run dir; safe to call twice."""
         if self._stopped:
@@ -176,6 +204,29 @@ class RunningServices:
         return "\n".join(lines)
 
 
+def create_embedded_services(
+    *,
+    postgres: bool = True,
+    s3: bool = True,
+    use_template: bool = True,
+    port_chooser: Callable[[], int] = free_port,
+    environ: Mapping[str, str] | None = None,
+    report: TextIO | None = sys.stderr,
+) -> RunningServices:
+    """The run dir and the servers, not started yet; the caller must call .stop()."""
+    environ = os.environ if environ is None else environ
+    run = RunDir.create(server_user(), on_dead_run=lambda dead: release_shared_memory(dead / "pg"))
+    s3_server = SeaweedServer(run, S3Credentials.from_env(environ), port_chooser=port_chooser)
+    pg_server = PostgresServer(
+        run,
+        PgCredentials.from_env(environ),
+        use_template=use_template,
+        port_chooser=port_chooser,
+        report=report,
+    )
+    return RunningServices(run, pg_server if postgres else None, s3_server if s3 else None)
+
+
 def start_embedded_services(
     *,
     postgres: bool = True,
@@ -187,25 +238,20 @@ def start_embedded_services(
     report: TextIO | None = sys.stderr,
 ) -> RunningServices:
     """Start the servers (call from the main thread); the caller must call .stop()."""
-    environ = os.environ if environ is None else environ
     timeout_s = timeout_s or services_timeout()
-    run = RunDir.create(server_user(), on_dead_run=lambda dead: release_shared_memory(dead / "pg"))
-    s3_server = SeaweedServer(run, S3Credentials.from_env(environ), port_chooser=port_chooser)
-    pg_server = PostgresServer(
-        run,
-        PgCredentials.from_env(environ),
+    running = create_embedded_services(
+        postgres=postgres,
+        s3=s3,
         use_template=use_template,
         port_chooser=port_chooser,
+        environ=environ,
         report=report,
     )
-    servers: list[Server] = [s for s, on in ((s3_server, s3), (pg_server, postgres)) if on]
-    running = RunningServices(run, pg_server if postgres else None, s3_server if s3 else None)
     try:
-        launch(servers, timeout_s, report)
+        running.start(timeout_s, report)
     except BaseException:
         running.stop()
         raise
-    running.env = contract_env(running.postgres, running.s3)
     atexit.register(running.stop)  # in-process use: even a forgotten stop() cleans up
     return running
 
@@ -239,8 +285,8 @@ class _Interrupted(Exception):
         self.signum = signum
 
 
-def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    raise _Interrupted(signum)
+class _CannotRun(Exception):
+    pass
 
 
 def _terminal_already_signalled_child() -> bool:
@@ -252,31 +298,78 @@ def _terminal_already_signalled_child() -> bool:
         return False
 
 
-def _run_child(cmd: Sequence[str], running: RunningServices, keep_on_failure: bool) -> int:
-    received: list[int] = []
-    child: subprocess.Popen[bytes] | None = None
+class _Child:
+    """The wrapped command. It starts while the servers boot, so its own start-up overlaps
+    theirs, and waits for the ready file (tests/harness/readiness.py) before using them."""
 
-    def forward(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        if child is not None and not (
-            signum == signal.SIGINT and _terminal_already_signalled_child()
+    def __init__(self, cmd: Sequence[str]) -> None:
+        self.cmd = list(cmd)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}
+        self.received: list[int] = []
+        self.services_ready = False
+        self._starting = False
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Forward SIGINT/SIGTERM to the child; before the services are ready, also stop
+        waiting for them."""
+        self.received.append(signum)
+        if (
+            self.proc is not None
+            and self.proc.poll() is None
+            and not (signum == signal.SIGINT and _terminal_already_signalled_child())
         ):
-            child.send_signal(signum)
+            self.proc.send_signal(signum)
+        if not (self.services_ready or self._starting):
+            raise _Interrupted(signum)
 
-    for sig in _SIGNALS:
-        signal.signal(sig, forward)
-    try:
-        child = subprocess.Popen(list(cmd), env={**os.environ, **running.env})
-    except OSError as exc:
-        print(f"embedded services: cannot run {shlex.join(cmd)}: {exc}", file=sys.stderr)
-        return 127
-    if received:  # a signal came while the child was being started
-        child.send_signal(received[0])
-    code = exit_status(child.wait())
+    def start(self, env: dict[str, str]) -> None:
+        self.env = env
+        self._starting = True  # raising inside Popen could lose track of the process
+        try:
+            self.proc = subprocess.Popen(self.cmd, env={**os.environ, **env})
+        except OSError as exc:
+            raise _CannotRun(f"cannot run {shlex.join(self.cmd)}: {exc}") from None
+        finally:
+            self._starting = False
+        if self.received:  # a signal came while the child was being started
+            self.proc.send_signal(self.received[0])
+            if not self.services_ready:
+                raise _Interrupted(self.received[0])
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a grace; first a grace if it already had a signal."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if self.received:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(CHILD_GRACE_S)
+        stop_process(self.proc, signal.SIGTERM, CHILD_GRACE_S)
+
+
+def _child_env(running: RunningServices) -> dict[str, str]:
+    return {
+        **contract_env(running.postgres, running.s3),
+        READY_FILE_VARIABLE: str(running.ready_file),
+    }
+
+
+def _run_child(child: _Child, running: RunningServices, keep_on_failure: bool) -> int:
+    running.start(
+        services_timeout(), sys.stderr, on_spawned=lambda: child.start(_child_env(running))
+    )
+    child.services_ready = True
+    assert child.proc is not None
+    if _child_env(running) != child.env and child.proc.poll() is None:
+        # A port was retried: the child holds stale values, and has not used them (it waits).
+        child.stop()
+        child.start(_child_env(running))
+    mark_ready(running.ready_file, running.env)
+    code = exit_status(child.proc.wait())
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     try:
-        if received:
-            return 128 + received[0]
+        if child.received:
+            return 128 + child.received[0]
         if code != 0 and keep_on_failure:
             print(
                 f"\nThe command failed with exit code {code}; the services stay up.\n"
@@ -288,22 +381,31 @@ def _run_child(cmd: Sequence[str], running: RunningServices, keep_on_failure: bo
             signal.sigwait(_SIGNALS)
         return code
     finally:
-        for sig in _SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
 
 
-def run_command(cmd: Sequence[str], *, keep_on_failure: bool) -> int:
+def run_command(
+    cmd: Sequence[str], *, keep_on_failure: bool, port_chooser: Callable[[], int] = free_port
+) -> int:
     """Run `cmd` against fresh services; the exit code is the child's (130 after SIGINT)."""
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in _SIGNALS}
+    child = _Child(cmd)
+    previous = {sig: signal.signal(sig, child.on_signal) for sig in _SIGNALS}
     try:
-        running = start_embedded_services()
+        running = create_embedded_services(port_chooser=port_chooser)
         try:
-            return _run_child(cmd, running, keep_on_failure)
+            return _run_child(child, running, keep_on_failure)
         finally:
-            running.stop()
+            # A late signal must not cut the cleanup short: ignore it from here on.
+            with signals_blocked():
+                for sig in _SIGNALS:
+                    signal.signal(sig, signal.SIG_IGN)
+                child.stop()
+                running.stop()
     except _Interrupted as exc:
         return 128 + exc.signum
+    except _CannotRun as exc:
+        print(f"embedded services: {exc}", file=sys.stderr)
+        return 127
     except (ServiceStartError, HarnessSetupError) as exc:
         print(f"embedded services: {exc}", file=sys.stderr)
         return 3

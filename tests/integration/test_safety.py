@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import uuid
@@ -16,7 +17,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from tests.harness import contract
 from tests.harness.janitor import (
+    PROJECT_ROOT,
     BucketJanitor,
     JanitorRefusal,
     RunNames,
@@ -150,3 +153,59 @@ async def test_bucket_janitor_refuses_to_empty_a_bucket_without_its_stamp(
         assert body == b"keep me"
     finally:
         _remove_bucket(s3_client, names.bucket)
+
+
+@pytest_asyncio.fixture
+async def dev_database(admin: AsyncEngine, database_url: str) -> AsyncIterator[str]:
+    """A developer's "real" database beside the test one: one table with rows."""
+    name = f"dev_{uuid.uuid4().hex[:10]}"
+    autocommit = admin.execution_options(isolation_level="AUTOCOMMIT")
+    async with autocommit.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = database_url.rsplit("/", 1)[0] + f"/{name}"
+    dev = create_async_engine(url, poolclass=NullPool)
+    async with dev.begin() as conn:
+        await conn.execute(text("CREATE TABLE customers (id int PRIMARY KEY, name text)"))
+        await conn.execute(text("INSERT INTO customers VALUES (1, 'ada'), (2, 'grace')"))
+    await dev.dispose()
+    try:
+        yield url
+    finally:
+        async with autocommit.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def test_a_database_with_user_tables_is_refused_before_any_test_and_left_untouched(
+    dev_database: str, s3_target: contract.S3Target
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "DOCSTORE_TEST"))}
+    env |= {"TEST_DATABASE_URL": dev_database, "TEST_S3_ENDPOINT_URL": str(s3_target.endpoint_url)}
+
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/integration"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    dev = create_async_engine(dev_database, poolclass=NullPool)
+    try:
+        async with dev.connect() as conn:
+            rows = (await conn.execute(text("SELECT id, name FROM customers ORDER BY id"))).all()
+            schemas = (
+                await conn.execute(
+                    text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'test%'")
+                )
+            ).all()
+    finally:
+        await dev.dispose()
+
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
+    assert "refuse a database that holds tables they did not create" in result.stderr
+    assert "public.customers" in result.stderr
+    assert "TEST_ALLOW_USER_TABLES=1" in result.stderr
+    assert "collected" not in result.stdout
+    assert [tuple(r) for r in rows] == [(1, "ada"), (2, "grace")]
+    assert schemas == []

@@ -120,6 +120,15 @@ def test_pytest_exits_before_collection_on_a_sqlite_url(args: list[str]) -> None
     assert "collected" not in result.stdout
 
 
+@pytest.mark.parametrize("url", BAD_URLS.values(), ids=BAD_URLS.keys())
+def test_every_bad_url_stops_pytest_before_collection_with_the_password_masked(url: str) -> None:
+    result = _run_pytest(["tests/integration"], {"TEST_DATABASE_URL": url, **GOOD_S3})
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "Integration tests require postgresql+asyncpg://" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+    assert "collected" not in result.stdout
+
+
 def test_pytest_exits_before_collection_without_any_url() -> None:
     result = _run_pytest(["tests/integration"], {})
     assert result.returncode == pytest.ExitCode.USAGE_ERROR
@@ -142,3 +151,40 @@ def test_deselecting_the_integration_marker_skips_the_guard() -> None:
         {"TEST_DATABASE_URL": "sqlite+aiosqlite:///t.db"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"TEST_DATABASE_URL": "postgresql+asyncpg://u:hunter2@db.prod.example:5432/app", **GOOD_S3},
+        {"TEST_DATABASE_URL": GOOD_URL, "TEST_S3_ENDPOINT_URL": "https://s3.amazonaws.com"},
+    ],
+    ids=["database", "s3"],
+)
+def test_an_explicit_url_on_a_remote_host_is_refused_unless_allowed(env: dict[str, str]) -> None:
+    with pytest.raises(guard.GuardError) as refusal:
+        _check(env)
+    assert "refuse the non-loopback host" in str(refusal.value)
+    assert "TEST_ALLOWED_HOSTS=" in str(refusal.value)
+    assert "hunter2" not in str(refusal.value)
+
+
+def test_listed_hosts_are_allowed_for_ci_service_containers() -> None:
+    env = {
+        "TEST_DATABASE_URL": "postgresql+asyncpg://u:p@postgres:5432/app",
+        "TEST_S3_ENDPOINT_URL": "http://minio:9000",
+        "TEST_ALLOWED_HOSTS": "postgres, minio",
+    }
+    assert _check(env).database_url.startswith("postgresql+asyncpg://u:p@postgres")
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "127.0.1.1", "[::1]"])
+def test_loopback_hosts_need_no_permission(host: str) -> None:
+    env = {"TEST_DATABASE_URL": f"postgresql+asyncpg://u:p@{host}:5432/app", **GOOD_S3}
+    assert _check(env).database_url.endswith("/app")
+
+
+def test_urls_built_from_service_variables_are_trusted_on_any_host() -> None:
+    env = {"POSTGRES_HOST": "172.17.0.1", "POSTGRES_PORT": "5432", "MINIO_HOST": "172.17.0.1"}
+    env["MINIO_PORT"] = "9000"
+    assert "172.17.0.1" in _check(env).database_url

@@ -1,9 +1,11 @@
 """Pure logic of the embedded-services launcher: SQL quoting, cache keys, port-conflict
-detection, process identity, the run-dir sweep, SigV4 signing, and the exported variables."""
+detection, process identity, the run-dir sweep, SigV4 signing, the exported variables, and
+the ready-file hand-over to the wrapped command."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +35,14 @@ from tests.harness.procs import (
     parse_start_time,
     proc_start_time,
     sweep_dead_runs,
+)
+from tests.harness.readiness import (
+    READY_FILE_VARIABLE,
+    ServicesNotReadyError,
+    mark_ready,
+    wait_for_ready_file,
+    wait_for_services_or_exit,
+    wait_for_services_ready,
 )
 from tests.harness.s3 import S3Credentials, sigv4_headers
 from tests.harness.services import EXPORTED
@@ -166,3 +176,61 @@ def test_the_sigv4_signature_matches_botocores(monkeypatch: pytest.MonkeyPatch) 
         ours["Authorization"].rsplit("Signature=", 1)[1]
         == (str(request.headers["Authorization"]).rsplit("Signature=", 1)[1])
     )
+
+
+def test_the_ready_file_is_written_whole_with_the_contract_env(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    mark_ready(ready, {"POSTGRES_PORT": "5432"})
+
+    assert json.loads(ready.read_text()) == {"POSTGRES_PORT": "5432"}
+    assert [p.name for p in tmp_path.iterdir()] == ["ready.json"]  # no temp file left
+    assert ready.stat().st_mode & 0o077 == 0
+
+
+def test_waiting_returns_once_the_ready_file_exists(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    mark_ready(ready, {})
+    wait_for_ready_file(ready, timeout_s=0.01)
+
+
+def test_waiting_fails_at_the_deadline_naming_the_file_and_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ServicesNotReadyError) as failure:
+        wait_for_ready_file(tmp_path / "ready.json", timeout_s=0.05)
+
+    assert str(tmp_path / "ready.json") in str(failure.value)
+    assert READY_FILE_VARIABLE in str(failure.value) and "within 0.05 s" in str(failure.value)
+
+
+def test_waiting_stops_at_once_when_the_launchers_run_dir_is_gone(tmp_path: Path) -> None:
+    with pytest.raises(ServicesNotReadyError, match="launcher is gone"):
+        wait_for_ready_file(tmp_path / "removed-run" / "ready.json", timeout_s=60)
+
+
+def test_without_the_variable_there_is_nothing_to_wait_for() -> None:
+    wait_for_services_ready({})  # Docker path, user-provided URLs, TEST_EMBEDDED_SERVICES
+
+
+class _Config:
+    """The one thing wait_for_services_or_exit looks at on a pytest.Config."""
+
+
+def test_pytest_exits_with_a_usage_error_when_the_services_never_become_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(READY_FILE_VARIABLE, str(tmp_path / "ready.json"))
+    monkeypatch.setenv("TEST_SERVICES_TIMEOUT", "0.01")
+    monkeypatch.setattr("tests.harness.readiness.MARGIN_S", 0.0)
+
+    with pytest.raises(pytest.exit.Exception) as exited:
+        wait_for_services_or_exit(_Config())  # type: ignore[arg-type]
+
+    assert exited.value.returncode == pytest.ExitCode.USAGE_ERROR
+    assert READY_FILE_VARIABLE in str(exited.value.msg)
+
+
+def test_xdist_workers_do_not_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(READY_FILE_VARIABLE, str(tmp_path / "never.json"))
+    worker = _Config()
+    worker.workerinput = {}  # type: ignore[attr-defined]
+
+    wait_for_services_or_exit(worker)  # type: ignore[arg-type]
