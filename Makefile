@@ -12,7 +12,7 @@ BACKEND ?= auto
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help tools test-unit test-integration test lint type coverage dev bench-services clean
+.PHONY: help tools test-unit test-integration test lint type coverage dev bench bench-services clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -59,6 +59,9 @@ coverage: tools ## branch coverage of api from both tiers (embedded services), H
 
 dev: tools ## serve the API on http://127.0.0.1:8000 on the embedded services; Ctrl-C stops all
 	$(TOX) -e dev
+
+bench: tools ## every benchmark in one process on the embedded services; writes bench/results.json
+	$(TOX) -e bench -- $(ARGS)
 
 bench-services: tools ## start-up times of the embedded services and of make test-integration, median of 5
 	$(TOX) -e bench-services

@@ -23,11 +23,9 @@ def engine_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
 
 def create_engine_for(settings: DatabaseSettings, **engine_options: Any) -> AsyncEngine:
     """Create the AsyncEngine for the configured database without opening a connection."""
+    options: dict[str, Any] = {"pool_pre_ping": True, **engine_options}
     return create_async_engine(
-        settings.database_url,
-        connect_args=engine_connect_args(settings),
-        pool_pre_ping=True,
-        **engine_options,
+        settings.database_url, connect_args=engine_connect_args(settings), **options
     )
 
 

@@ -27,7 +27,7 @@ def one_run() -> tuple[float, float]:
     seen = b""
     with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as p:
         assert p.stdout is not None
-        while chunk := p.stdout.read1(4096):
+        while chunk := os.read(p.stdout.fileno(), 4096):
             if first_test is None:
                 seen += chunk
                 if FIRST_TEST.search(seen):

@@ -1,0 +1,264 @@
+"""Per-test isolation overhead on the real PostgreSQL: the same test body under five strategies.
+
+Each "test" writes a Document with three Tags (documents, tags, document_tags: two foreign
+keys) and commits, as application code would, then checks it sees only its own rows. The
+setup and teardown around the body are timed apart from it; overhead = setup + teardown.
+
+Run from the repo root: `.venv/bin/python bench/bench_isolation.py` (starts an embedded
+PostgreSQL unless POSTGRES_HOST/POSTGRES_PORT or TEST_DATABASE_URL say where one runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from api.config import DatabaseSettings
+from api.db import create_engine_for
+from api.models import Base, Document, Tag, document_tags
+from tests.harness import contract
+from tests.harness.isolation import committing_session, savepoint_session
+from tests.harness.janitor import RunNames, SchemaJanitor, migrate, new_run_id
+
+TESTS = int(os.environ.get("BENCH_ISOLATION_TESTS", "100"))
+WARMUP = 5  # per method, not counted: pool, statement caches, first catalog lookups
+TABLES = [t.name for t in Base.metadata.sorted_tables]
+
+SessionFactory = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    name: str
+    overhead_ms: float  # median of setup + teardown
+    setup_ms: float
+    teardown_ms: float
+    body_ms: float
+    tests: int
+
+
+async def test_body(session: AsyncSession, i: int) -> None:
+    """What every strategy must isolate: rows in three tables, FKs, a commit, a read-back."""
+    tags = [Tag(name=f"bench-{i}-{k}") for k in range(3)]
+    session.add(
+        Document(
+            owner="bench",
+            filename=f"report-{i}.pdf",
+            content_type="application/pdf",
+            size_bytes=1024 + i,
+            sha256=f"{i:064x}",
+            storage_key=f"documents/{uuid.uuid4()}",
+            tags=tags,
+        )
+    )
+    await session.commit()
+    seen = await session.scalar(select(func.count()).select_from(document_tags))
+    if seen != len(tags):  # a strategy that leaks rows between tests is not isolating
+        raise AssertionError(f"test {i} sees {seen} document_tags rows, expected {len(tags)}")
+
+
+async def run_method(name: str, open_session: SessionFactory) -> MethodResult:
+    setups: list[float] = []
+    teardowns: list[float] = []
+    bodies: list[float] = []
+    for i in range(WARMUP + TESTS):
+        cm = open_session()
+        t0 = time.perf_counter()
+        session = await cm.__aenter__()
+        t1 = time.perf_counter()
+        try:
+            await test_body(session, i)
+        except BaseException as exc:
+            await cm.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        t2 = time.perf_counter()
+        await cm.__aexit__(None, None, None)
+        t3 = time.perf_counter()
+        if i >= WARMUP:
+            setups.append(t1 - t0)
+            bodies.append(t2 - t1)
+            teardowns.append(t3 - t2)
+    ms = 1000.0
+    return MethodResult(
+        name=name,
+        overhead_ms=statistics.median(s + t for s, t in zip(setups, teardowns, strict=True)) * ms,
+        setup_ms=statistics.median(setups) * ms,
+        teardown_ms=statistics.median(teardowns) * ms,
+        body_ms=statistics.median(bodies) * ms,
+        tests=TESTS,
+    )
+
+
+def truncating(engine: AsyncEngine, schema: str) -> SessionFactory:
+    """A plain session; every table emptied with TRUNCATE ... RESTART IDENTITY CASCADE after."""
+    names = ", ".join(f'"{schema}"."{t}"' for t in TABLES)
+
+    @asynccontextmanager
+    async def open_session() -> AsyncIterator[AsyncSession]:
+        try:
+            async with AsyncSession(engine, expire_on_commit=False) as session:
+                yield session
+        finally:
+            async with engine.begin() as conn:
+                await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+    return open_session
+
+
+def dropping_and_creating(engine: AsyncEngine) -> SessionFactory:
+    """metadata.create_all before the test, drop_all after."""
+
+    @asynccontextmanager
+    async def open_session() -> AsyncIterator[AsyncSession]:
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        try:
+            async with AsyncSession(engine, expire_on_commit=False) as session:
+                yield session
+        finally:
+            async with engine.begin() as conn:
+                await conn.run_sync(Base.metadata.drop_all)
+
+    return open_session
+
+
+@dataclass
+class TemplateCloner:
+    """pytest-postgresql's noproc + template way: one migrated template database, and per
+    test a database cloned from it (DatabaseJanitor.init) and dropped after (.drop)."""
+
+    url: str
+    run_id: str
+    counter: int = 0
+
+    def _janitor(self, dbname: str, template: str | None = None) -> DatabaseJanitor:
+        u = make_url(self.url)
+        assert u.host and u.port and u.username
+        return DatabaseJanitor(
+            user=u.username,
+            password=u.password,
+            host=u.host,
+            port=u.port,
+            dbname=dbname,
+            template_dbname=template,
+            as_template=template is None,
+        )
+
+    @property
+    def template(self) -> str:
+        return f"bench_tpl_{self.run_id}"
+
+    def _url_for(self, dbname: str) -> str:
+        return make_url(self.url).set(database=dbname).render_as_string(hide_password=False)
+
+    async def create_template(self) -> None:
+        self._janitor(self.template).init()
+        engine = create_async_engine(self._url_for(self.template), poolclass=NullPool)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(migrate)
+        finally:
+            await engine.dispose()
+
+    def drop_template(self) -> None:
+        self._janitor(self.template).drop()
+
+    @asynccontextmanager
+    async def open_session(self) -> AsyncIterator[AsyncSession]:
+        self.counter += 1
+        janitor = self._janitor(f"bench_{self.run_id}_{self.counter}", self.template)
+        janitor.init()
+        try:
+            engine = create_async_engine(self._url_for(janitor.dbname), poolclass=NullPool)
+            try:
+                async with AsyncSession(engine, expire_on_commit=False) as session:
+                    await session.connection()  # the connection is part of the setup
+                    yield session
+            finally:
+                await engine.dispose()
+        finally:
+            janitor.drop()
+
+
+async def measure_isolation(url: str) -> list[MethodResult]:
+    """Every strategy, in one stamped, migrated schema (and, for templates, scratch databases)."""
+    run_id = new_run_id()
+    names = RunNames(run_id, "bench")
+    admin = create_async_engine(url, poolclass=NullPool)
+    results: list[MethodResult] = []
+    try:
+        async with SchemaJanitor(admin, names) as janitor:
+            engine = create_engine_for(
+                DatabaseSettings(database_url=url, database_schema=names.schema)
+            )
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(migrate)
+                methods: list[tuple[str, SessionFactory]] = [
+                    ("savepoint", lambda: savepoint_session(engine)),
+                    ("commit_mode", lambda: committing_session(engine, janitor, TABLES)),
+                    ("truncate", truncating(engine, names.schema)),
+                ]
+                for name, factory in methods:
+                    results.append(await run_method(name, factory))
+                async with engine.begin() as conn:  # drop_create starts from an empty schema
+                    await conn.run_sync(Base.metadata.drop_all)
+                results.append(await run_method("drop_create", dropping_and_creating(engine)))
+            finally:
+                await engine.dispose()
+        cloner = TemplateCloner(url, run_id)
+        try:
+            await cloner.create_template()
+            results.append(await run_method("template_clone", cloner.open_session))
+        finally:
+            cloner.drop_template()
+    finally:
+        await admin.dispose()
+    return results
+
+
+def print_results(results: list[MethodResult]) -> None:
+    print(f"| isolation (median of {TESTS} tests) | overhead ms | setup | teardown | body ms |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for r in results:
+        print(
+            f"| {r.name} | {r.overhead_ms:.2f} | {r.setup_ms:.2f} | {r.teardown_ms:.2f} "
+            f"| {r.body_ms:.2f} |"
+        )
+
+
+def main() -> list[MethodResult]:
+    """Against the configured PostgreSQL, or an embedded one started (and stopped) here."""
+    url = contract.resolve_database_url().url
+    if url is not None:
+        return asyncio.run(measure_isolation(url))
+    from tests.harness.services import start_embedded_services
+
+    running = start_embedded_services(s3=False, report=None)
+    try:
+        os.environ.update(running.env)
+        url = contract.resolve_database_url().url
+        assert url is not None
+        return asyncio.run(measure_isolation(url))
+    finally:
+        running.stop()
+
+
+if __name__ == "__main__":
+    print_results(main())

@@ -1,0 +1,199 @@
+"""Peak RSS growth of the API process (uvicorn, a subprocess) while it receives a 200 MB upload.
+
+The client streams a hand-built multipart body from a generator and hashes it on the way,
+so neither side needs to hold the file. RSS is read from /proc/<pid>/status: VmRSS before
+the upload (after one small warm-up upload), VmHWM (the peak) after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from api.config import MIB, DatabaseSettings, Settings
+from api.db import create_engine_for
+from api.storage import make_s3_client
+from tests.harness import contract
+from tests.harness.janitor import BucketJanitor, RunNames, SchemaJanitor, migrate, new_run_id
+from tests.harness.procs import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+UPLOAD_BYTES = 200 * MIB
+CHUNK = 1024 * 1024
+TOKEN = "bench-token"  # noqa: S105 - a throwaway token for a throwaway server
+BOUNDARY = "bench-boundary-7d1c0f2e9a"
+
+
+class UploadFailure(RuntimeError):
+    """The API did not store the upload as expected."""
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    peak_rss_growth_mb: float
+    rss_before_mb: float
+    peak_rss_mb: float
+    seconds: float
+    size_bytes: int
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise UploadFailure(f"no {field} in /proc/{pid}/status")
+
+
+class StreamedForm:
+    """multipart/form-data with one `file` part of `size` pseudo-random bytes, as a generator."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self._rng = random.Random(seed)
+        self.sha256 = hashlib.sha256()
+        self._head = (
+            f"--{BOUNDARY}\r\n"
+            'Content-Disposition: form-data; name="file"; filename="big.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        self._tail = f"\r\n--{BOUNDARY}--\r\n".encode()
+
+    @property
+    def content_length(self) -> int:
+        return len(self._head) + self.size + len(self._tail)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._head
+        left = self.size
+        while left:
+            chunk = self._rng.randbytes(min(CHUNK, left))
+            self.sha256.update(chunk)
+            left -= len(chunk)
+            yield chunk
+        yield self._tail
+
+
+def _upload(client: httpx.Client, size: int, seed: int) -> str:
+    form = StreamedForm(size, seed)
+    response = client.post(
+        "/documents",
+        content=iter(form),
+        headers={
+            "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+            "Content-Length": str(form.content_length),
+        },
+    )
+    if response.status_code != 201:
+        raise UploadFailure(f"upload answered {response.status_code}: {response.text[:500]}")
+    got = response.json()["sha256"]
+    if got != form.sha256.hexdigest():
+        raise UploadFailure(f"sha256 mismatch: API {got}, client {form.sha256.hexdigest()}")
+    return str(got)
+
+
+def _wait_healthy(client: httpx.Client, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UploadFailure(f"uvicorn exited with {proc.returncode} before it was ready")
+        try:
+            if client.get("/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise UploadFailure(f"uvicorn did not answer /health within {timeout} s")
+
+
+def _measure(app_env: dict[str, str], log: Path) -> UploadResult:
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "api.asgi:app"]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=app_env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=httpx.Timeout(300.0, connect=5.0),
+        ) as client:
+            _wait_healthy(client, proc, 30.0)
+            _upload(client, 64 * 1024, seed=1)  # warm-up: first-request imports and caches
+            before = _status_kb(proc.pid, "VmRSS")
+            started = time.perf_counter()
+            _upload(client, UPLOAD_BYTES, seed=2)
+            elapsed = time.perf_counter() - started
+            peak = _status_kb(proc.pid, "VmHWM")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    kib = 1024.0
+    return UploadResult((peak - before) / kib, before / kib, peak / kib, elapsed, UPLOAD_BYTES)
+
+
+async def measure_upload(log: Path) -> UploadResult:
+    """In its own stamped schema and bucket, both removed after."""
+    url = contract.resolve_database_url().url
+    s3 = contract.resolve_s3()
+    if url is None or s3.endpoint_url is None:
+        raise UploadFailure("no database or S3 endpoint in the environment")
+    names = RunNames(new_run_id(), "upload")
+    settings = Settings(
+        database_url=url,
+        database_schema=names.schema,
+        s3_endpoint_url=s3.endpoint_url,
+        s3_region=s3.region,
+        s3_access_key=SecretStr(s3.access_key),
+        s3_secret_key=SecretStr(s3.secret_key),
+        s3_bucket=names.bucket,
+        api_tokens={"bench": SecretStr(TOKEN)},
+        max_upload_bytes=300 * MIB,
+    )
+    admin = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with (
+            SchemaJanitor(admin, names),
+            BucketJanitor(make_s3_client(settings), names),
+        ):
+            engine = create_engine_for(
+                DatabaseSettings(database_url=url, database_schema=names.schema)
+            )
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(migrate)
+            finally:
+                await engine.dispose()
+            app_env = {
+                **os.environ,
+                "PYTHONDONTWRITEBYTECODE": "",
+                "DATABASE_URL": url,
+                "DATABASE_SCHEMA": names.schema,
+                "S3_ENDPOINT_URL": s3.endpoint_url,
+                "S3_REGION": s3.region,
+                "S3_ACCESS_KEY": s3.access_key,
+                "S3_SECRET_KEY": s3.secret_key,
+                "S3_BUCKET": names.bucket,
+                "API_TOKENS": json.dumps({"bench": TOKEN}),
+                "MAX_UPLOAD_BYTES": str(300 * MIB),
+            }
+            return await asyncio.to_thread(_measure, app_env, log)
+    finally:
+        await admin.dispose()
