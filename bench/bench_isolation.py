@@ -30,10 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.pool import NullPool
 
 from api.config import DatabaseSettings
-from api.db import create_engine_for
 from api.models import Base, Document, Tag, document_tags
 from tests.harness import contract
-from tests.harness.isolation import committing_session, savepoint_session
+from tests.harness.isolation import committing_session, create_test_engine, savepoint_session
 from tests.harness.janitor import RunNames, SchemaJanitor, migrate, new_run_id
 
 TESTS = int(os.environ.get("BENCH_ISOLATION_TESTS", "100"))
@@ -204,7 +203,7 @@ async def measure_isolation(url: str) -> list[MethodResult]:
     results: list[MethodResult] = []
     try:
         async with SchemaJanitor(admin, names) as janitor:
-            engine = create_engine_for(
+            engine = create_test_engine(
                 DatabaseSettings(database_url=url, database_schema=names.schema)
             )
             try:

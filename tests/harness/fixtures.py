@@ -20,18 +20,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.pool import NullPool
 
 from api import Settings, create_app
-from api.db import create_engine_for
 from api.deps import get_session
 from api.models import Base
-from api.storage import make_s3_client
 from tests.harness import contract
-from tests.harness.isolation import committing_session, savepoint_session
+from tests.harness.isolation import committing_session, create_test_engine, savepoint_session
 from tests.harness.janitor import (
     BucketJanitor,
     RunNames,
     SchemaJanitor,
     drift,
     migrate,
+    s3_client_for,
     sweep_dead_buckets,
     sweep_dead_schemas,
 )
@@ -102,17 +101,13 @@ async def _run_schema(
 async def _run_bucket(
     request: pytest.FixtureRequest, s3_target: contract.S3Target, run_names: RunNames
 ) -> AsyncIterator[BucketJanitor]:
-    client = _s3_client_for(s3_target, run_names.bucket)
+    client = s3_client_for(s3_target)
     if _sweeps(run_names):
         _report(request, "bucket", await asyncio.to_thread(sweep_dead_buckets, client))
     janitor = BucketJanitor(client, run_names)
     async with janitor:
         yield janitor
         janitor.keep = _keep_on_failure(request.session)
-
-
-def _s3_client_for(target: contract.S3Target, bucket: str) -> S3Client:
-    return make_s3_client(_settings_for(target, database_url="", schema=None, bucket=bucket))
 
 
 def _settings_for(
@@ -150,9 +145,7 @@ def settings(
 @pytest_asyncio.fixture(scope="session")
 async def engine(settings: Settings, _run_schema: SchemaJanitor) -> AsyncIterator[AsyncEngine]:
     """An engine whose search_path is the run's schema, migrated to head and checked for drift."""
-    # No pre-ping: the test server is local and the pool drops broken connections
-    # anyway; the ping would add a round trip to every test's isolation (~0.3 ms).
-    engine = create_engine_for(settings, pool_pre_ping=False)
+    engine = create_test_engine(settings)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(migrate)
@@ -173,7 +166,7 @@ async def engine(settings: Settings, _run_schema: SchemaJanitor) -> AsyncIterato
 @pytest.fixture(scope="session")
 def s3_client(_run_bucket: BucketJanitor, s3_target: contract.S3Target) -> S3Client:
     """A boto3 S3 client for the test's own checks: path-style addressing, SigV4."""
-    return _s3_client_for(s3_target, _run_bucket.bucket)
+    return s3_client_for(s3_target)
 
 
 @pytest.fixture

@@ -13,7 +13,18 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from api.config import DatabaseSettings
+from api.db import create_engine_for
 from tests.harness.janitor import SchemaJanitor
+
+
+def create_test_engine(settings: DatabaseSettings) -> AsyncEngine:
+    """The app's engine for the tests' own sessions, without pool pre-ping.
+
+    The test server is local and the pool drops broken connections anyway; the
+    ping would add a round trip to every test's isolation.
+    """
+    return create_engine_for(settings, pool_pre_ping=False)
 
 
 @asynccontextmanager
@@ -27,9 +38,11 @@ async def savepoint_session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
         try:
             yield session
         finally:
-            await session.close()
+            # Outer rollback first: it discards the SAVEPOINTs with everything else, so
+            # closing the session afterwards sends nothing (one round trip saved).
             if outer.is_active:
                 await outer.rollback()
+            await session.close()
 
 
 @asynccontextmanager
