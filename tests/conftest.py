@@ -57,9 +57,24 @@ def _start_embedded_services_if_asked(config: pytest.Config) -> None:
     config.add_cleanup(running.stop)
 
 
+def _use_warm_services_if_up() -> None:
+    """`make services-up` wrote .services.env: use those services unless others are named."""
+    if any(os.environ.get(name) for name in ("TEST_DATABASE_URL", "POSTGRES_PORT")):
+        return
+    from tests.harness.warm import StaleServicesError, load_warm_services
+
+    try:
+        warm = load_warm_services()
+    except StaleServicesError as stale:
+        pytest.exit(str(stale), returncode=pytest.ExitCode.USAGE_ERROR)
+    if warm:
+        os.environ.update(warm)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not _selects_integration(config):
         return
+    _use_warm_services_if_up()
     _start_embedded_services_if_asked(config)
     env = dict(os.environ)
     try:
