@@ -12,7 +12,7 @@ BACKEND ?= auto
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help tools test-unit test-integration test lint type coverage dev bench bench-services clean
+.PHONY: help tools test-unit test-integration test lint type coverage dev services-up services-down clean-leftovers bench bench-services clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -59,6 +59,16 @@ coverage: tools ## branch coverage of api from both tiers (embedded services), H
 
 dev: tools ## serve the API on http://127.0.0.1:8000 on the embedded services; Ctrl-C stops all
 	$(TOX) -e dev
+
+services-up: tools ## keep the embedded services running for fast reruns (pytest reads .services.env)
+	$(TOX) -e services -- up
+
+services-down: tools ## stop the services of make services-up
+	$(TOX) -e services -- down
+
+clean-leftovers: tools ## remove what killed runs left: servers, run dirs, containers, stamped schemas and buckets
+	@$(TOOLS)/bin/python toxfile.py clean
+	@$(TOX) -q -e clean-leftovers
 
 bench: tools ## every benchmark in one process on the embedded services; writes bench/results.json
 	$(TOX) -e bench -- $(ARGS)

@@ -162,10 +162,27 @@ def tox_before_run_commands(tox_env: ToxEnv) -> Generator[None, None, None]:
         watcher.join()
 
 
+def _main(argv: list[str]) -> int:
+    """`python toxfile.py`: is there a Docker daemon? `python toxfile.py clean`: remove the
+    containers of tox runs that were killed. The Makefile calls both."""
+    why_not = docker_unreachable()
+    if argv[:1] == ["clean"]:
+        if why_not:
+            print(f"clean-leftovers: no Docker daemon ({why_not}); no containers to check.")
+            return 0
+        import configparser
+
+        ini = configparser.ConfigParser(interpolation=None)
+        ini.read(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tox.ini"))
+        names = [s.split(":", 1)[1] for s in ini.sections() if s.startswith("docker:")]
+        for name in _remove_leftovers_of_dead_runs(names):
+            print(f"clean-leftovers: removed container {name} of a tox run that was killed")
+        return 0
+    print(why_not or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
+    return 1 if why_not else 0
+
+
 if __name__ == "__main__":
-    # `python toxfile.py`: the Makefile's one-line answer to "is there a Docker daemon?"
     import sys
 
-    why_not = docker_unreachable()
-    print(why_not or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
-    sys.exit(1 if why_not else 0)
+    sys.exit(_main(sys.argv[1:]))

@@ -12,10 +12,8 @@ import secrets
 import subprocess
 import sys
 
-import boto3
-from botocore.config import Config
-
 from tests.harness import contract
+from tests.harness.janitor import s3_client_for
 from tests.harness.readiness import wait_for_services_ready
 
 DEV_BUCKET = "docstore-dev"
@@ -48,14 +46,7 @@ def main() -> None:
     token = secrets.token_urlsafe(24)
     env = {**os.environ, **app_environment(token)}
     subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], env=env, check=True)
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=env["S3_ENDPOINT_URL"],
-        region_name=env["S3_REGION"],
-        aws_access_key_id=env["S3_ACCESS_KEY"],
-        aws_secret_access_key=env["S3_SECRET_KEY"],
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-    )
+    s3 = s3_client_for(contract.resolve_s3())
     s3.create_bucket(Bucket=DEV_BUCKET)
     print(
         f"\ndev: API on http://{HOST}:{PORT} (docs at /docs), owner {DEV_OWNER!r}\n"

@@ -18,15 +18,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import boto3
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tests.harness.contract import S3Target
 from tests.harness.procs import proc_start_time
 
 if TYPE_CHECKING:
@@ -119,6 +122,18 @@ class Stamp:
             and self.host == socket.gethostname()
             and proc_start_time(self.pid) is None
         )
+
+
+def s3_client_for(target: S3Target) -> S3Client:
+    """A boto3 client for the harness's own S3 work: path-style addressing, SigV4."""
+    return boto3.client(
+        "s3",
+        endpoint_url=target.endpoint_url,
+        region_name=target.region,
+        aws_access_key_id=target.access_key,
+        aws_secret_access_key=target.secret_key,
+        config=BotoConfig(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
 
 
 def new_run_id() -> str:
