@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -19,9 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.pool import NullPool
 
 from api.models import Base, Document, Tag
-from tests.harness.contract import RUN_ID_VARIABLE
 from tests.harness.janitor import (
-    PROJECT_ROOT,
     STAMP_MARK,
     JanitorRefusal,
     RunNames,
@@ -30,6 +25,7 @@ from tests.harness.janitor import (
     drift,
     migrate,
 )
+from tests.harness.nested import run_nested_pytest
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -185,18 +181,7 @@ async def test_a_run_leaves_no_schema_and_no_bucket_behind(
     database_url: str, s3_client: S3Client, run_names: RunNames
 ) -> None:
     child = RunNames(f"{run_names.run_id}_child{uuid.uuid4().hex[:6]}", "main")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "DOCSTORE_TEST"))}
-    env[RUN_ID_VARIABLE] = child.run_id
-
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", HEALTH_TESTS],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = await run_nested_pytest(["-q", HEALTH_TESTS], run_id=child.run_id)
     admin = create_async_engine(database_url, poolclass=NullPool)
     try:
         async with admin.connect() as conn:

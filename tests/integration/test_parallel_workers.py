@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
-import sys
 import uuid
 from typing import TYPE_CHECKING
 
@@ -14,8 +11,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from tests.harness.contract import RUN_ID_VARIABLE
-from tests.harness.janitor import PROJECT_ROOT, RunNames
+from tests.harness.janitor import RunNames
+from tests.harness.nested import run_nested_pytest
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -27,18 +24,7 @@ async def test_two_workers_share_the_services_but_not_their_data(
     database_url: str, s3_client: S3Client, run_names: RunNames
 ) -> None:
     child_run = f"{run_names.run_id}_xdist{uuid.uuid4().hex[:6]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "DOCSTORE_TEST"))}
-    env[RUN_ID_VARIABLE] = child_run
-
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "-v", PROBE],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    result = await run_nested_pytest(["-n", "2", "-v", PROBE], run_id=child_run)
     admin = create_async_engine(database_url, poolclass=NullPool)
     try:
         async with admin.connect() as conn:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import uuid
@@ -19,7 +18,6 @@ from sqlalchemy.pool import NullPool
 
 from tests.harness import contract
 from tests.harness.janitor import (
-    PROJECT_ROOT,
     BucketJanitor,
     JanitorRefusal,
     RunNames,
@@ -28,6 +26,7 @@ from tests.harness.janitor import (
     sweep_dead_buckets,
     sweep_dead_schemas,
 )
+from tests.harness.nested import run_nested_pytest
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -176,19 +175,15 @@ async def dev_database(admin: AsyncEngine, database_url: str) -> AsyncIterator[s
 
 
 async def test_a_database_with_user_tables_is_refused_before_any_test_and_left_untouched(
-    dev_database: str, s3_target: contract.S3Target
+    dev_database: str, s3_target: contract.S3Target, run_names: RunNames
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "DOCSTORE_TEST"))}
-    env |= {"TEST_DATABASE_URL": dev_database, "TEST_S3_ENDPOINT_URL": str(s3_target.endpoint_url)}
-
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/integration"],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = await run_nested_pytest(
+        ["tests/integration"],
+        run_id=f"{run_names.run_id}_refused",
+        env={
+            "TEST_DATABASE_URL": dev_database,
+            "TEST_S3_ENDPOINT_URL": str(s3_target.endpoint_url),
+        },
     )
     dev = create_async_engine(dev_database, poolclass=NullPool)
     try:
