@@ -27,11 +27,11 @@ $(TOOLS)/.installed:
 tools: $(TOOLS)/.installed ## install the pinned tox, tox-uv and tox-docker into .tools/
 
 test-unit: tools ## unit tests: no Docker, no database, no network
-	$(TOX) -e unit -- $(ARGS)
+	$(TOX) -e unit $(if $(ARGS),-- $(ARGS))
 
 test-integration: tools ## integration tests on real PostgreSQL + S3 (tox-docker, or embedded without Docker)
 	@env=$$($(MAKE) --no-print-directory _integration-env); \
-	$(TOX) -e $$env -- $(ARGS)
+	$(TOX) -e $$env $(if $(ARGS),-- $(ARGS))
 
 # Prints the tox env to use, and on stderr one line saying which and why.
 _integration-env:
@@ -55,7 +55,7 @@ type: tools ## mypy --strict
 	$(TOX) -e type
 
 coverage: tools ## branch coverage of api from both tiers (embedded services), HTML in reports/coverage
-	$(TOX) -e coverage -- $(ARGS)
+	$(TOX) -e coverage $(if $(ARGS),-- $(ARGS))
 
 dev: tools ## serve the API on http://127.0.0.1:8000 on the embedded services; Ctrl-C stops all
 	$(TOX) -e dev
@@ -71,7 +71,7 @@ clean-leftovers: tools ## remove what killed runs left: servers, run dirs, conta
 	@$(TOX) -q -e clean-leftovers
 
 bench: tools ## every benchmark in one process on the embedded services; writes bench/results.json
-	$(TOX) -e bench -- $(ARGS)
+	$(TOX) -e bench $(if $(ARGS),-- $(ARGS))
 
 bench-services: tools ## start-up times of the embedded services and of make test-integration, median of 5
 	$(TOX) -e bench-services
