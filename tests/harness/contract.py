@@ -139,7 +139,8 @@ BY_NAME: dict[str, Variable] = {v.name: v for v in VARIABLES}
 SERVICE_VARIABLES = ("POSTGRES_HOST", "POSTGRES_PORT", "MINIO_HOST", "MINIO_PORT")
 
 
-def _get(env: Mapping[str, str], name: str) -> str | None:
+def value_of(env: Mapping[str, str], name: str) -> str | None:
+    """The variable's value in `env` (blank counts as unset), else its default from the table."""
     value = env.get(name, "").strip()
     if value:
         return value
@@ -170,9 +171,9 @@ def resolve_database_url(env: Mapping[str, str] | None = None) -> DatabaseTarget
     host, port = env.get("POSTGRES_HOST", "").strip(), env.get("POSTGRES_PORT", "").strip()
     if not (host and port):
         return DatabaseTarget(None, "nothing")
-    user = quote(_get(env, "POSTGRES_USER") or "", safe="")
-    password = quote(_get(env, "POSTGRES_PASSWORD") or "", safe="")
-    db = quote(_get(env, "POSTGRES_DB") or "", safe="")
+    user = quote(value_of(env, "POSTGRES_USER") or "", safe="")
+    password = quote(value_of(env, "POSTGRES_PASSWORD") or "", safe="")
+    db = quote(value_of(env, "POSTGRES_DB") or "", safe="")
     url = f"postgresql+asyncpg://{user}:{password}@{host}:{port}/{db}"
     return DatabaseTarget(url, "POSTGRES_HOST/POSTGRES_PORT")
 
@@ -180,9 +181,9 @@ def resolve_database_url(env: Mapping[str, str] | None = None) -> DatabaseTarget
 def resolve_s3(env: Mapping[str, str] | None = None) -> S3Target:
     """TEST_S3_ENDPOINT_URL wins; else MINIO_HOST/MINIO_PORT."""
     env = os.environ if env is None else env
-    access = _get(env, "TEST_S3_ACCESS_KEY") or _get(env, "MINIO_ROOT_USER") or ""
-    secret = _get(env, "TEST_S3_SECRET_KEY") or _get(env, "MINIO_ROOT_PASSWORD") or ""
-    region = _get(env, "S3_REGION") or S3_REGION_DEFAULT
+    access = value_of(env, "TEST_S3_ACCESS_KEY") or value_of(env, "MINIO_ROOT_USER") or ""
+    secret = value_of(env, "TEST_S3_SECRET_KEY") or value_of(env, "MINIO_ROOT_PASSWORD") or ""
+    region = value_of(env, "S3_REGION") or S3_REGION_DEFAULT
     explicit = env.get("TEST_S3_ENDPOINT_URL", "").strip()
     if explicit:
         return S3Target(explicit, access, secret, region, "TEST_S3_ENDPOINT_URL")

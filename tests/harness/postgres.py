@@ -75,7 +75,7 @@ class PgCredentials:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> PgCredentials:
         def get(name: str) -> str:
-            return env.get(name, "").strip() or contract.BY_NAME[name].default or ""
+            return contract.value_of(env, name) or ""
 
         return cls(get("POSTGRES_USER"), get("POSTGRES_PASSWORD"), get("POSTGRES_DB"))
 

@@ -50,7 +50,7 @@ class S3Credentials:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> S3Credentials:
         def get(name: str) -> str:
-            return env.get(name, "").strip() or contract.BY_NAME[name].default or ""
+            return contract.value_of(env, name) or ""
 
         return cls(get("MINIO_ROOT_USER"), get("MINIO_ROOT_PASSWORD"), get("S3_REGION"))
 
