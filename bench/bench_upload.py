@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import os
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,11 +23,10 @@ from sqlalchemy.pool import NullPool
 from api.config import MIB, DatabaseSettings, Settings
 from api.db import create_engine_for
 from api.storage import make_s3_client
+from bench.load import serve
 from tests.harness import contract
 from tests.harness.janitor import BucketJanitor, RunNames, SchemaJanitor, migrate, new_run_id
-from tests.harness.procs import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 UPLOAD_BYTES = 200 * MIB
 CHUNK = 1024 * 1024
 TOKEN = "bench-token"  # noqa: S105 - a throwaway token for a throwaway server
@@ -105,51 +100,23 @@ def _upload(client: httpx.Client, size: int, seed: int) -> str:
     return str(got)
 
 
-def _wait_healthy(client: httpx.Client, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise UploadFailure(f"uvicorn exited with {proc.returncode} before it was ready")
-        try:
-            if client.get("/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise UploadFailure(f"uvicorn did not answer /health within {timeout} s")
-
-
-def _measure(app_env: dict[str, str], log: Path) -> UploadResult:
-    port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", "api.asgi:app"]
-    argv += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=app_env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=httpx.Timeout(300.0, connect=5.0),
-        ) as client:
-            _wait_healthy(client, proc, 30.0)
-            _upload(client, 64 * 1024, seed=1)  # warm-up: first-request imports and caches
-            before = _status_kb(proc.pid, "VmRSS")
-            started = time.perf_counter()
-            _upload(client, UPLOAD_BYTES, seed=2)
-            elapsed = time.perf_counter() - started
-            peak = _status_kb(proc.pid, "VmHWM")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def _measure(base_url: str, pid: int) -> UploadResult:
+    with httpx.Client(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=httpx.Timeout(300.0, connect=5.0),
+    ) as client:
+        _upload(client, 64 * 1024, seed=1)  # warm-up: first-request imports and caches
+        before = _status_kb(pid, "VmRSS")
+        started = time.perf_counter()
+        _upload(client, UPLOAD_BYTES, seed=2)
+        elapsed = time.perf_counter() - started
+        peak = _status_kb(pid, "VmHWM")
     kib = 1024.0
     return UploadResult((peak - before) / kib, before / kib, peak / kib, elapsed, UPLOAD_BYTES)
 
 
-async def measure_upload(log: Path) -> UploadResult:
+async def measure_upload() -> UploadResult:
     """In its own stamped schema and bucket, both removed after."""
     url = contract.resolve_database_url().url
     s3 = contract.resolve_s3()
@@ -181,19 +148,15 @@ async def measure_upload(log: Path) -> UploadResult:
                     await conn.run_sync(migrate)
             finally:
                 await engine.dispose()
-            app_env = {
-                **os.environ,
-                "PYTHONDONTWRITEBYTECODE": "",
-                "DATABASE_URL": url,
-                "DATABASE_SCHEMA": names.schema,
-                "S3_ENDPOINT_URL": s3.endpoint_url,
-                "S3_REGION": s3.region,
-                "S3_ACCESS_KEY": s3.access_key,
-                "S3_SECRET_KEY": s3.secret_key,
-                "S3_BUCKET": names.bucket,
-                "API_TOKENS": json.dumps({"bench": TOKEN}),
-                "MAX_UPLOAD_BYTES": str(300 * MIB),
-            }
-            return await asyncio.to_thread(_measure, app_env, log)
+            app_env = contract.service_environment(
+                url,
+                s3,
+                schema=names.schema,
+                bucket=names.bucket,
+                tokens={"bench": TOKEN},
+                max_upload_bytes=300 * MIB,
+            )
+            async with serve({"PYTHONDONTWRITEBYTECODE": "", **app_env}) as served:
+                return await asyncio.to_thread(_measure, served.base_url, served.pid)
     finally:
         await admin.dispose()

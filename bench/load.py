@@ -17,11 +17,9 @@ import asyncio
 import contextlib
 import ctypes
 import hashlib
-import json
 import os
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +43,8 @@ from api.config import Settings, load_settings  # noqa: E402
 from api.db import create_engine_for  # noqa: E402
 from api.models import Document  # noqa: E402
 from api.storage import make_s3_client  # noqa: E402
+from tests.harness import contract  # noqa: E402
+from tests.harness.procs import free_port  # noqa: E402
 
 OWNER = "load"
 SERVE_TIMEOUT_S = 30.0
@@ -102,39 +102,10 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def app_environment(
-    *,
-    database_url: str,
-    schema: str | None,
-    s3_endpoint_url: str,
-    s3_region: str,
-    s3_access_key: str,
-    s3_secret_key: str,
-    bucket: str,
-    token: str,
-    max_upload_bytes: int,
-) -> dict[str, str]:
-    """The service's own variables (api/config.py) for uvicorn."""
-    env = {
-        "DATABASE_URL": database_url,
-        "S3_ENDPOINT_URL": s3_endpoint_url,
-        "S3_REGION": s3_region,
-        "S3_ACCESS_KEY": s3_access_key,
-        "S3_SECRET_KEY": s3_secret_key,
-        "S3_BUCKET": bucket,
-        "API_TOKENS": json.dumps({OWNER: token}),
-        "MAX_UPLOAD_BYTES": str(max_upload_bytes),
-    }
-    if schema is not None:
-        env["DATABASE_SCHEMA"] = schema
-    return env
+@dataclass(frozen=True)
+class ServedApp:
+    base_url: str
+    pid: int
 
 
 def _die_with_parent() -> Callable[[], None]:
@@ -152,8 +123,8 @@ def _die_with_parent() -> Callable[[], None]:
 @contextlib.asynccontextmanager
 async def serve(
     app_env: Mapping[str, str], timeout_s: float = SERVE_TIMEOUT_S
-) -> AsyncIterator[str]:
-    """Run `uvicorn api.asgi:app` on a free loopback port; yield its base URL once /health
+) -> AsyncIterator[ServedApp]:
+    """Run `uvicorn api.asgi:app` on a free loopback port; yield its URL and pid once /health
     answers 200; stop it (SIGTERM, then SIGKILL after 10 s) on the way out."""
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
@@ -178,7 +149,7 @@ async def serve(
 
         try:
             await _wait_healthy(proc, base_url, timeout_s, log_tail)
-            yield base_url
+            yield ServedApp(base_url, proc.pid)
         finally:
             proc.terminate()
             try:
@@ -296,28 +267,23 @@ async def _prepare_throwaway(database_url: str, schema: str, settings: Settings)
 
 
 async def _main_async(clients: int, size_kb: int, timeout_s: float) -> int:
-    from tests.harness import contract
-
     database_url = contract.resolve_database_url().url
     s3 = contract.resolve_s3()
     assert database_url is not None and s3.endpoint_url is not None
     token = secrets.token_urlsafe(24)
     size_bytes = size_kb * 1024
-    app_env = app_environment(
-        database_url=database_url,
+    app_env = contract.service_environment(
+        database_url,
+        s3,
         schema="load",
-        s3_endpoint_url=s3.endpoint_url,
-        s3_region=s3.region,
-        s3_access_key=s3.access_key,
-        s3_secret_key=s3.secret_key,
         bucket="load",
-        token=token,
+        tokens={OWNER: token},
         max_upload_bytes=max(size_bytes, 1024 * 1024),
     )
     await _prepare_throwaway(database_url, "load", load_settings(app_env))
-    async with serve(app_env) as base_url:
+    async with serve(app_env) as served:
         report = await run_load(
-            base_url, token, clients=clients, size_bytes=size_bytes, timeout_s=timeout_s
+            served.base_url, token, clients=clients, size_bytes=size_bytes, timeout_s=timeout_s
         )
     await verify(report, app_env)
     print(report.table(), flush=True)

@@ -6,6 +6,7 @@ nothing else in the harness reads the environment for service locations.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -191,3 +192,33 @@ def resolve_s3(env: Mapping[str, str] | None = None) -> S3Target:
     if not (host and port):
         return S3Target(None, access, secret, region, "nothing")
     return S3Target(f"http://{host}:{port}", access, secret, region, "MINIO_HOST/MINIO_PORT")
+
+
+def service_environment(
+    database_url: str,
+    s3: S3Target,
+    *,
+    bucket: str,
+    tokens: Mapping[str, str],
+    schema: str | None = None,
+    max_upload_bytes: int | None = None,
+) -> dict[str, str]:
+    """The service's own variables (api/config.py) pointed at these test services.
+
+    How `make dev`, bench/load.py and bench/bench_upload.py run the real uvicorn.
+    """
+    env = {
+        "DATABASE_URL": database_url,
+        "S3_REGION": s3.region,
+        "S3_ACCESS_KEY": s3.access_key,
+        "S3_SECRET_KEY": s3.secret_key,
+        "S3_BUCKET": bucket,
+        "API_TOKENS": json.dumps(dict(tokens)),
+    }
+    if s3.endpoint_url is not None:
+        env["S3_ENDPOINT_URL"] = s3.endpoint_url
+    if schema is not None:
+        env["DATABASE_SCHEMA"] = schema
+    if max_upload_bytes is not None:
+        env["MAX_UPLOAD_BYTES"] = str(max_upload_bytes)
+    return env

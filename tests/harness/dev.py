@@ -6,7 +6,6 @@ contract's variables and stops the services when this process ends (Ctrl-C).
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import subprocess
@@ -30,15 +29,9 @@ def app_environment(token: str) -> dict[str, str]:
             "dev: no services found in the environment; run `make dev` "
             "(it starts them through `python -m tests.harness.services run --`)."
         )
-    return {
-        "DATABASE_URL": database.url,
-        "S3_ENDPOINT_URL": s3.endpoint_url,
-        "S3_REGION": s3.region,
-        "S3_ACCESS_KEY": s3.access_key,
-        "S3_SECRET_KEY": s3.secret_key,
-        "S3_BUCKET": DEV_BUCKET,
-        "API_TOKENS": json.dumps({DEV_OWNER: token}),
-    }
+    return contract.service_environment(
+        database.url, s3, bucket=DEV_BUCKET, tokens={DEV_OWNER: token}
+    )
 
 
 def main() -> None:

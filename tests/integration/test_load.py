@@ -16,7 +16,7 @@ from sqlalchemy.pool import NullPool
 from api import Settings
 from api.db import create_engine_for
 from api.storage import make_s3_client
-from bench.load import app_environment, run_load, serve, verify
+from bench.load import OWNER, run_load, serve, verify
 from tests.harness import contract
 from tests.harness.janitor import BucketJanitor, RunNames, SchemaJanitor, migrate
 
@@ -42,22 +42,18 @@ async def test_concurrent_uploads_and_downloads_through_uvicorn_all_match_and_ag
             async with engine.begin() as conn:
                 await conn.run_sync(migrate)
             await engine.dispose()
-            assert load_settings.s3_endpoint_url is not None
-            env = app_environment(
-                database_url=database_url,
+            env = contract.service_environment(
+                database_url,
+                contract.resolve_s3(),
                 schema=schema.names.schema,
-                s3_endpoint_url=load_settings.s3_endpoint_url,
-                s3_region=load_settings.s3_region,
-                s3_access_key=load_settings.s3_access_key.get_secret_value(),
-                s3_secret_key=load_settings.s3_secret_key.get_secret_value(),
                 bucket=bucket.bucket,
-                token=token,
+                tokens={OWNER: token},
                 max_upload_bytes=SIZE_BYTES,
             )
 
-            async with serve(env) as base_url:
+            async with serve(env) as served:
                 report = await run_load(
-                    base_url, token, clients=CLIENTS, size_bytes=SIZE_BYTES, timeout_s=60
+                    served.base_url, token, clients=CLIENTS, size_bytes=SIZE_BYTES, timeout_s=60
                 )
             await verify(report, env)
 
