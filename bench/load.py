@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import os
 import secrets
@@ -44,11 +43,10 @@ from api.db import create_engine_for  # noqa: E402
 from api.models import Document  # noqa: E402
 from api.storage import make_s3_client  # noqa: E402
 from tests.harness import contract  # noqa: E402
-from tests.harness.procs import free_port  # noqa: E402
+from tests.harness.procs import die_with_parent, free_port  # noqa: E402
 
 OWNER = "load"
 SERVE_TIMEOUT_S = 30.0
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -108,18 +106,6 @@ class ServedApp:
     pid: int
 
 
-def _die_with_parent() -> Callable[[], None]:
-    parent = os.getpid()
-
-    def preexec() -> None:
-        # uvicorn must not outlive a killed load run or test process.
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
-
-
 @contextlib.asynccontextmanager
 async def serve(
     app_env: Mapping[str, str], timeout_s: float = SERVE_TIMEOUT_S
@@ -140,7 +126,8 @@ async def serve(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent(),
+            # uvicorn must not outlive a killed load run or test process.
+            preexec_fn=die_with_parent(os.getpid(), signal.SIGTERM),
         )
 
         def log_tail() -> str:

@@ -324,11 +324,13 @@ def _kill_if_still_ours(child: Child, run: Path) -> None:
             os.kill(child.pid, signal.SIGKILL)
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+def die_with_parent(parent_pid: int, sig: signal.Signals = signal.SIGKILL) -> Callable[[], None]:
+    """A preexec_fn: the child gets `sig` when the thread that started it exits."""
+
     def preexec() -> None:
         # subprocess switches user before calling this, so the setting survives the
         # switch (a credential change would clear it).
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _LIBC.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
         if os.getppid() != parent_pid:  # the parent died before prctl took effect
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -359,7 +361,7 @@ def spawn(
             cwd=cwd,
             env=None if env is None else dict(env),
             start_new_session=True,
-            preexec_fn=_die_with_parent(os.getpid()),
+            preexec_fn=die_with_parent(os.getpid()),
             **(run_as.popen_kwargs() if run_as else {}),
         )
 
