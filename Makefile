@@ -1,6 +1,6 @@
 # The front door. On a machine with only python3 and make:
 #   make test-integration   the integration suite (Docker if a daemon answers, else embedded)
-#   make test               unit + integration
+#   make test               every tier: unit, integration, and the harness's own
 # Every target bootstraps its own tox into .tools/ on first use.
 
 PYTHON ?= python3
@@ -12,7 +12,7 @@ BACKEND ?= auto
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help tools test-unit test-integration test lint type coverage dev services-up services-down clean-leftovers bench bench-services clean
+.PHONY: help tools test-unit test-integration test-harness test lint type coverage dev services-up services-down clean-leftovers bench bench-services clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,10 +26,10 @@ $(TOOLS)/.installed:
 
 tools: $(TOOLS)/.installed ## install the pinned tox, tox-uv and tox-docker into .tools/
 
-test-unit: tools ## unit tests: no Docker, no database, no network
+test-unit: tools ## the app's unit tests: no Docker, no database, no network
 	$(TOX) -e unit $(if $(ARGS),-- $(ARGS))
 
-test-integration: tools ## integration tests on real PostgreSQL + S3 (tox-docker, or embedded without Docker)
+test-integration: tools ## the app's integration tests on real PostgreSQL + S3 (tox-docker, or embedded)
 	@env=$$($(MAKE) --no-print-directory _integration-env); \
 	$(TOX) -e $$env $(if $(ARGS),-- $(ARGS))
 
@@ -46,7 +46,10 @@ _integration-env:
 	  *) echo "make: BACKEND must be auto, docker or embedded (got '$(BACKEND)')" >&2; exit 2 ;; \
 	esac
 
-test: test-unit test-integration ## all tests: unit, then integration
+test-harness: tools ## the harness's own tests, on a sample app (embedded services)
+	$(TOX) -e harness $(if $(ARGS),-- $(ARGS))
+
+test: test-unit test-integration test-harness ## all tests: unit, integration, then the harness's own
 
 lint: tools ## ruff check and format check
 	$(TOX) -e lint

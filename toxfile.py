@@ -10,15 +10,20 @@
   remove them, and we remove the containers of tox runs that were killed.
 - SIGTERM (a CI job cancelled) is handled like Ctrl-C, so tox-docker's own
   cleanup runs instead of the process dying with its containers up.
+- The test credentials have one home, the [tool.harness] table (through the harness's
+  project.py): we export them, and tox.ini hands them to the containers and the tests.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import signal
+import sys
 import threading
 from collections.abc import Generator
+from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
 
@@ -27,6 +32,29 @@ from tox.tox_env.api import ToxEnv
 from tox.tox_env.errors import Fail
 
 WATCH_INTERVAL_S = 0.2
+# Where the harness core lives, as an import path from this file's folder.
+HARNESS_PACKAGE = "tests.harness"
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _export_test_credentials() -> None:
+    """POSTGRES_* and MINIO_ROOT_* from the table, unless you set them yourself."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    project_module = importlib.import_module(f"{HARNESS_PACKAGE}.project")
+    project = project_module.load_project(project_module.find_pyproject(Path(ROOT)))
+    creds = project.credentials
+    for name, value in {
+        "POSTGRES_USER": creds.pg_user,
+        "POSTGRES_PASSWORD": creds.pg_password,
+        "POSTGRES_DB": creds.pg_database,
+        "MINIO_ROOT_USER": creds.s3_access_key,
+        "MINIO_ROOT_PASSWORD": creds.s3_secret_key,
+    }.items():
+        os.environ.setdefault(name, value)
+
+
+_export_test_credentials()
 
 
 def _default_gateway() -> str:
@@ -135,7 +163,7 @@ def tox_before_run_commands(tox_env: ToxEnv) -> Generator[None, None, None]:
         where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         raise Fail(
             f"no Docker daemon answered at {where} ({reason}).\n"
-            f"  {tox_env.name} needs Docker for its PostgreSQL and MinIO containers.\n"
+            f"  {tox_env.name} needs Docker for its containers ({', '.join(container_names)}).\n"
             "  Without Docker run `make test-integration` (it picks the embedded services)\n"
             "  or `tox -e integration-embedded`. With Docker, start the daemon or set DOCKER_HOST."
         )
@@ -173,7 +201,7 @@ def _main(argv: list[str]) -> int:
         import configparser
 
         ini = configparser.ConfigParser(interpolation=None)
-        ini.read(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tox.ini"))
+        ini.read(os.path.join(ROOT, "tox.ini"))
         names = [s.split(":", 1)[1] for s in ini.sections() if s.startswith("docker:")]
         for name in _remove_leftovers_of_dead_runs(names):
             print(f"clean-leftovers: removed container {name} of a tox run that was killed")
@@ -183,6 +211,4 @@ def _main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(_main(sys.argv[1:]))

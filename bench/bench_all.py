@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import bench_pytest
 from bench.bench_isolation import TESTS, MethodResult, measure_isolation
 from bench.bench_upload import UploadResult, measure_upload
-from tests.harness import contract
-from tests.harness.services import start_embedded_services
+from tests.harness.config import EmbeddedSettings, embedded_settings, resolve_config
+from tests.harness.embedded.launcher import embedded_services, start_embedded_services
+from tests.harness.project import find_pyproject, load_project
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results.json"
@@ -54,11 +55,11 @@ def machine() -> dict[str, Any]:
     }
 
 
-def start_seconds(runs: int, **options: Any) -> float:
+def start_seconds(settings: EmbeddedSettings, runs: int, *, use_template: bool = True) -> float:
     samples = []
     for _ in range(runs):
         started = time.perf_counter()
-        running = start_embedded_services(report=None, **options)
+        running = start_embedded_services(settings, use_template=use_template, report=None)
         samples.append(time.perf_counter() - started)
         running.stop()
     return statistics.median(samples)
@@ -69,6 +70,8 @@ def step(name: str) -> None:
 
 
 def measure() -> tuple[dict[str, float], dict[str, Any]]:
+    project = load_project(find_pyproject(ROOT))
+    settings = embedded_settings(project, os.environ)
     figures: dict[str, float] = {}
     details: dict[str, Any] = {}
     step(f"guard exit and pytest baseline (median of {RUNS})")
@@ -79,29 +82,26 @@ def measure() -> tuple[dict[str, float], dict[str, Any]]:
         RUNS, only_needed_plugins=True
     )
     step(f"services start, cold and from the template (median of {RUNS})")
-    start_embedded_services(report=None).stop()  # builds or warms the template cache
-    figures["services_cold_start_s"] = start_seconds(RUNS, use_template=False)
-    figures["services_template_start_s"] = start_seconds(RUNS)
+    start_embedded_services(settings, report=None).stop()  # builds or warms the template cache
+    figures["services_cold_start_s"] = start_seconds(settings, RUNS, use_template=False)
+    figures["services_template_start_s"] = start_seconds(settings, RUNS)
 
-    running = start_embedded_services(report=None)
-    saved = {name: os.environ.get(name) for name in running.env}
-    os.environ.update(running.env)
-    try:
+    with embedded_services(settings, report=None) as running:
+        # Only the launcher's variables: a TEST_DATABASE_URL of yours is not the bench's target.
+        config = resolve_config(project, running.env)
         step(f"isolation strategies ({TESTS} tests each)")
-        url = contract.resolve_database_url().url
-        assert url is not None
-        methods: list[MethodResult] = asyncio.run(measure_isolation(url))
+        methods: list[MethodResult] = asyncio.run(measure_isolation(config))
         for m in methods:
             figures[ISOLATION_KEYS[m.name]] = m.overhead_ms
         details["isolation"] = {m.name: vars(m) for m in methods}
         step("200 MB upload through uvicorn (one run)")
         # serve() puts uvicorn's log tail into the error if it fails to start.
-        upload: UploadResult = asyncio.run(measure_upload())
+        upload: UploadResult = asyncio.run(measure_upload(config))
         figures["upload_200mb_peak_rss_mb"] = upload.peak_rss_growth_mb
         details["upload"] = vars(upload)
         step(f"integration suite, serial and -n 2 (median of {SUITE_RUNS} each)")
         for key, extra in (("suite_wall_s", []), ("suite_wall_xdist2_s", ["-n", "2"])):
-            wall, codes, failure = bench_pytest.suite_wall_s(SUITE_RUNS, extra)
+            wall, codes, failure = bench_pytest.suite_wall_s(SUITE_RUNS, running.env, extra)
             figures[key] = wall
             details[key] = {"exit_codes": codes}
             if failure:
@@ -109,13 +109,6 @@ def measure() -> tuple[dict[str, float], dict[str, Any]]:
                     f"bench: {key}: the suite failed (exit codes {codes}):\n{failure}",
                     file=sys.stderr,
                 )
-    finally:
-        running.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     return figures, details
 
 
@@ -129,8 +122,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("truncate_overhead_ms", "plain session + TRUNCATE ... CASCADE", f"{TESTS} tests"),
     ("drop_create_overhead_ms", "create_all + drop_all", f"{TESTS} tests"),
     ("template_clone_overhead_ms", "pytest-postgresql DatabaseJanitor clone", f"{TESTS} tests"),
-    ("suite_wall_s", "`pytest -m integration`, serial", f"{SUITE_RUNS}"),
-    ("suite_wall_xdist2_s", "`pytest -m integration -n 2`", f"{SUITE_RUNS}"),
+    ("suite_wall_s", "`pytest tests/integration -m integration`, serial", f"{SUITE_RUNS}"),
+    ("suite_wall_xdist2_s", "`pytest tests/integration -m integration -n 2`", f"{SUITE_RUNS}"),
     ("upload_200mb_peak_rss_mb", "API peak RSS growth, 200 MB upload", "1 run"),
 ]
 

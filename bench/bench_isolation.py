@@ -5,7 +5,8 @@ keys) and commits, as application code would, then checks it sees only its own r
 setup and teardown around the body are timed apart from it; overhead = setup + teardown.
 
 Run from the repo root: `.venv/bin/python bench/bench_isolation.py` (starts an embedded
-PostgreSQL unless POSTGRES_HOST/POSTGRES_PORT or TEST_DATABASE_URL say where one runs).
+PostgreSQL unless TEST_DATABASE_URL, POSTGRES_HOST/POSTGRES_PORT, a launcher's ready file or
+warm services say where one runs).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,15 +27,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.pool import NullPool
 
-from api.config import DatabaseSettings
 from api.models import Base, Document, Tag, document_tags
 from tests.harness import contract
+from tests.harness.config import HarnessConfig, embedded_settings, resolve_config
 from tests.harness.isolation import committing_session, create_test_engine, savepoint_session
-from tests.harness.janitor import RunNames, SchemaJanitor, migrate, new_run_id
+from tests.harness.janitor import SchemaJanitor
+from tests.harness.migrations import migrate
+from tests.harness.project import Project, find_pyproject, load_project
+from tests.harness.sources import find_services
+from tests.harness.stamps import RunNames
 
+ROOT = Path(__file__).resolve().parents[1]
 TESTS = int(os.environ.get("BENCH_ISOLATION_TESTS", "100"))
 WARMUP = 5  # per method, not counted: pool, statement caches, first catalog lookups
 TABLES = [t.name for t in Base.metadata.sorted_tables]
@@ -142,6 +148,7 @@ class TemplateCloner:
     """pytest-postgresql's noproc + template way: one migrated template database, and per
     test a database cloned from it (DatabaseJanitor.init) and dropped after (.drop)."""
 
+    project: Project
     url: str
     run_id: str
     counter: int = 0
@@ -168,10 +175,10 @@ class TemplateCloner:
 
     async def create_template(self) -> None:
         self._janitor(self.template).init()
-        engine = create_async_engine(self._url_for(self.template), poolclass=NullPool)
+        engine = create_test_engine(self._url_for(self.template), None, poolclass=NullPool)
         try:
             async with engine.begin() as conn:
-                await conn.run_sync(migrate)
+                await conn.run_sync(lambda sync: migrate(self.project, sync))
         finally:
             await engine.dispose()
 
@@ -184,7 +191,7 @@ class TemplateCloner:
         janitor = self._janitor(f"bench_{self.run_id}_{self.counter}", self.template)
         janitor.init()
         try:
-            engine = create_async_engine(self._url_for(janitor.dbname), poolclass=NullPool)
+            engine = create_test_engine(self._url_for(janitor.dbname), None, poolclass=NullPool)
             try:
                 async with AsyncSession(engine, expire_on_commit=False) as session:
                     await session.connection()  # the connection is part of the setup
@@ -195,20 +202,21 @@ class TemplateCloner:
             janitor.drop()
 
 
-async def measure_isolation(url: str) -> list[MethodResult]:
-    """Every strategy, in one stamped, migrated schema (and, for templates, scratch databases)."""
-    run_id = new_run_id()
-    names = RunNames(run_id, "bench")
-    admin = create_async_engine(url, poolclass=NullPool)
+async def measure_isolation(config: HarnessConfig) -> list[MethodResult]:
+    """Every strategy, in one stamped, migrated schema (and, for templates, scratch databases).
+
+    Not the harness's sandbox: the commit-mode strategy needs the schema's janitor itself.
+    """
+    project, url = config.project, config.database_url
+    names = RunNames(project, config.run_id, "bench")
+    admin = create_test_engine(url, None, poolclass=NullPool)
     results: list[MethodResult] = []
     try:
         async with SchemaJanitor(admin, names) as janitor:
-            engine = create_test_engine(
-                DatabaseSettings(database_url=url, database_schema=names.schema)
-            )
+            engine = create_test_engine(url, names.schema)
             try:
                 async with engine.begin() as conn:
-                    await conn.run_sync(migrate)
+                    await conn.run_sync(lambda sync: migrate(project, sync))
                 methods: list[tuple[str, SessionFactory]] = [
                     ("savepoint", lambda: savepoint_session(engine)),
                     ("commit_mode", lambda: committing_session(engine, janitor, TABLES)),
@@ -221,7 +229,7 @@ async def measure_isolation(url: str) -> list[MethodResult]:
                 results.append(await run_method("drop_create", dropping_and_creating(engine)))
             finally:
                 await engine.dispose()
-        cloner = TemplateCloner(url, run_id)
+        cloner = TemplateCloner(project, url, config.run_id)
         try:
             await cloner.create_template()
             results.append(await run_method("template_clone", cloner.open_session))
@@ -244,19 +252,16 @@ def print_results(results: list[MethodResult]) -> None:
 
 def main() -> list[MethodResult]:
     """Against the configured PostgreSQL, or an embedded one started (and stopped) here."""
-    url = contract.resolve_database_url().url
-    if url is not None:
-        return asyncio.run(measure_isolation(url))
-    from tests.harness.services import start_embedded_services
+    # PostgreSQL is all this bench needs: no S3 endpoint is asked for, none is started.
+    project = replace(load_project(find_pyproject(ROOT)), services=frozenset({"postgres"}))
+    env = dict(os.environ)
+    env |= find_services(project, env)
+    if contract.resolve_database(project, env).url is not None:
+        return asyncio.run(measure_isolation(resolve_config(project, env)))
+    from tests.harness.embedded.launcher import embedded_services
 
-    running = start_embedded_services(s3=False, report=None)
-    try:
-        os.environ.update(running.env)
-        url = contract.resolve_database_url().url
-        assert url is not None
-        return asyncio.run(measure_isolation(url))
-    finally:
-        running.stop()
+    with embedded_services(embedded_settings(project, env), report=None) as running:
+        return asyncio.run(measure_isolation(resolve_config(project, running.env)))
 
 
 if __name__ == "__main__":

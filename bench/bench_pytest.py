@@ -1,8 +1,10 @@
-"""Wall times of pytest subprocesses: the URL guard's early exit, pytest's own start-up, and the
-integration suite against services that are already running.
+"""Wall times of pytest subprocesses: the URL guard's early exit, pytest's own start-up, and a
+test tier against services that are already running: the app's (tests/integration, the repo's
+pytest config) or the harness's own (its config in tests/harness/tests/pyproject.toml).
 
 All run with this interpreter (sys.executable) and with PYTHONDONTWRITEBYTECODE emptied, as
-the tox envs do, so pyc files are cached like in a normal run.
+the tox envs do, so pyc files are cached like in a normal run. None of the harness's variables
+of this process reach them, only the services' variables they are given.
 """
 
 from __future__ import annotations
@@ -16,11 +18,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.harness import contract  # noqa: E402
+
 GUARD_MESSAGE = "Integration tests require postgresql+asyncpg://"
 GUARD_EXIT_CODE = 4  # pytest.ExitCode.USAGE_ERROR
 SQLITE_URL = "sqlite+aiosqlite:///t.db"
-# What the launcher and tox-docker export; the guard run must not see running services.
-SERVICE_VARIABLES = ("POSTGRES_HOST", "POSTGRES_PORT", "MINIO_HOST", "MINIO_PORT")
+# The two tiers, as pytest arguments from the repo root.
+APP_TIER: tuple[str, ...] = ("tests/integration",)
+HARNESS_TIER: tuple[str, ...] = ("-c", "tests/harness/tests/pyproject.toml", "tests/harness/tests")
+# What tells a pytest run where services are: none of this process's may leak into a child.
+_HARNESS_VARIABLES = {variable.name for variable in contract.VARIABLES}
+_HARNESS_SUFFIXES = ("_SERVICES_READY_FILE", "_TEST_RUN_ID")
 
 
 class BenchFailure(RuntimeError):
@@ -28,8 +39,13 @@ class BenchFailure(RuntimeError):
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "", **(extra or {})}
-    return env
+    """This environment without the harness's variables, plus `extra` (e.g. the services')."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in _HARNESS_VARIABLES and not name.endswith(_HARNESS_SUFFIXES)
+    }
+    return {**env, "PYTHONDONTWRITEBYTECODE": "", **(extra or {})}
 
 
 def timed(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, int, str]:
@@ -42,16 +58,16 @@ def pytest_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "pytest", *args]
 
 
-def guard_exit_s(runs: int, *, only_needed_plugins: bool = False) -> float:
-    """`pytest tests/integration` on a SQLite URL: must exit 4 with the guard's message.
+def guard_exit_s(
+    runs: int, *, only_needed_plugins: bool = False, tier: Sequence[str] = APP_TIER
+) -> float:
+    """`pytest <tier>` on a SQLite URL: must exit 4 with the guard's message.
 
     only_needed_plugins: a diagnostic, with no installed plugin auto-loaded except
     pytest-asyncio (--strict-config needs it to accept the asyncio_* ini options).
     """
     env = child_env({"TEST_DATABASE_URL": SQLITE_URL})
-    for name in SERVICE_VARIABLES:
-        env.pop(name, None)
-    argv = pytest_argv("tests/integration", "-p", "no:cacheprovider")
+    argv = pytest_argv(*tier, "-p", "no:cacheprovider")
     if only_needed_plugins:
         env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
         argv += ["-p", "pytest_asyncio.plugin"]
@@ -82,16 +98,22 @@ def pytest_baseline_s(runs: int) -> float:
     return statistics.median(samples)
 
 
-def suite_wall_s(runs: int, extra_args: Sequence[str] = ()) -> tuple[float, list[int], str]:
-    """The integration suite against the running services (their variables in os.environ).
+def suite_wall_s(
+    runs: int,
+    services: Mapping[str, str],
+    extra_args: Sequence[str] = (),
+    *,
+    tier: Sequence[str] = APP_TIER,
+) -> tuple[float, list[int], str]:
+    """A tier's integration tests against running services (`services`: their variables).
 
     Returns the median wall time, every run's exit code and the last failing output: a
     failing suite is reported next to its figure rather than losing the other figures.
     """
-    argv = pytest_argv("-m", "integration", "-q", "-p", "no:cacheprovider", *extra_args)
+    argv = pytest_argv(*tier, "-m", "integration", "-q", "-p", "no:cacheprovider", *extra_args)
     samples, codes, failure = [], [], ""
     for _ in range(runs):
-        elapsed, code, output = timed(argv, child_env())
+        elapsed, code, output = timed(argv, child_env(services))
         samples.append(elapsed)
         codes.append(code)
         if code != 0:

@@ -1,33 +1,55 @@
 """Start-up time of the embedded services: median of 5 runs per scenario, in-process.
 
 Run from the repo root: `.venv/bin/python bench/bench_services.py`.
+PostgreSQL always starts (the launcher has no S3-only mode); "postgres only" is the project
+with `services = ["postgres"]`.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.harness.services import start_embedded_services
+from tests.harness.config import EmbeddedSettings, embedded_settings
+from tests.harness.embedded.launcher import start_embedded_services
+from tests.harness.project import find_pyproject, load_project
 
+ROOT = Path(__file__).resolve().parents[1]
 RUNS = 5
-SCENARIOS: dict[str, dict[str, Any]] = {
-    "postgres, cold (initdb, no template)": {"s3": False, "use_template": False},
-    "postgres, from the cached template": {"s3": False},
-    "s3 (seaweedfs)": {"postgres": False},
-    "both in parallel (template)": {},
-    "both in parallel (cold initdb)": {"use_template": False},
-}
 
 
-def time_start(options: dict[str, Any]) -> tuple[float, float]:
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    settings: EmbeddedSettings
+    use_template: bool = True
+
+
+def scenarios() -> list[Scenario]:
+    project = load_project(find_pyproject(ROOT))
+    both = embedded_settings(project, os.environ)
+    postgres_only = embedded_settings(
+        replace(project, services=frozenset({"postgres"})), os.environ
+    )
+    return [
+        Scenario("postgres only, cold (initdb, no template)", postgres_only, use_template=False),
+        Scenario("postgres only, from the cached template", postgres_only),
+        Scenario("both in parallel (template)", both),
+        Scenario("both in parallel (cold initdb)", both, use_template=False),
+    ]
+
+
+def time_start(scenario: Scenario) -> tuple[float, float]:
     started = time.perf_counter()
-    running = start_embedded_services(report=None, **options)
+    running = start_embedded_services(
+        scenario.settings, use_template=scenario.use_template, report=None
+    )
     ready = time.perf_counter() - started
     started = time.perf_counter()
     running.stop()
@@ -35,13 +57,15 @@ def time_start(options: dict[str, Any]) -> tuple[float, float]:
 
 
 def main() -> None:
-    start_embedded_services(report=None).stop()  # warm the template cache and the page cache
+    measured = scenarios()
+    # Warm the template cache and the page cache.
+    start_embedded_services(measured[-1].settings, report=None).stop()
     rows = []
-    for name, options in SCENARIOS.items():
-        samples = [time_start(options) for _ in range(RUNS)]
+    for scenario in measured:
+        samples = [time_start(scenario) for _ in range(RUNS)]
         ready = statistics.median(s[0] for s in samples)
         stop = statistics.median(s[1] for s in samples)
-        rows.append((name, ready * 1000, stop * 1000))
+        rows.append((scenario.name, ready * 1000, stop * 1000))
     print(f"| scenario (median of {RUNS}) | ready, ms | stop + cleanup, ms |")
     print("| --- | ---: | ---: |")
     for name, ready_ms, stop_ms in rows:

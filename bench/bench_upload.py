@@ -13,19 +13,15 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
-from pydantic import SecretStr
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
-from api.config import MIB, DatabaseSettings, Settings
-from api.db import create_engine_for
-from api.storage import make_s3_client
-from bench.load import serve
-from tests.harness import contract
-from tests.harness.janitor import BucketJanitor, RunNames, SchemaJanitor, migrate, new_run_id
+from api.config import MIB
+from tests.app_adapter import environment_of, settings_for
+from tests.harness.config import HarnessConfig
+from tests.harness.sandbox import sandbox
+from tests.helpers import bearer, proc_status_kb
+from tests.load_client import serve
 
 UPLOAD_BYTES = 200 * MIB
 CHUNK = 1024 * 1024
@@ -44,13 +40,6 @@ class UploadResult:
     peak_rss_mb: float
     seconds: float
     size_bytes: int
-
-
-def _status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise UploadFailure(f"no {field} in /proc/{pid}/status")
 
 
 class StreamedForm:
@@ -103,60 +92,23 @@ def _upload(client: httpx.Client, size: int, seed: int) -> str:
 def _measure(base_url: str, pid: int) -> UploadResult:
     with httpx.Client(
         base_url=base_url,
-        headers={"Authorization": f"Bearer {TOKEN}"},
+        headers=bearer(TOKEN),
         timeout=httpx.Timeout(300.0, connect=5.0),
     ) as client:
         _upload(client, 64 * 1024, seed=1)  # warm-up: first-request imports and caches
-        before = _status_kb(pid, "VmRSS")
+        before = proc_status_kb(pid, "VmRSS")
         started = time.perf_counter()
         _upload(client, UPLOAD_BYTES, seed=2)
         elapsed = time.perf_counter() - started
-        peak = _status_kb(pid, "VmHWM")
+        peak = proc_status_kb(pid, "VmHWM")
     kib = 1024.0
     return UploadResult((peak - before) / kib, before / kib, peak / kib, elapsed, UPLOAD_BYTES)
 
 
-async def measure_upload() -> UploadResult:
-    """In its own stamped schema and bucket, both removed after."""
-    url = contract.resolve_database_url().url
-    s3 = contract.resolve_s3()
-    if url is None or s3.endpoint_url is None:
-        raise UploadFailure("no database or S3 endpoint in the environment")
-    names = RunNames(new_run_id(), "upload")
-    settings = Settings(
-        database_url=url,
-        database_schema=names.schema,
-        s3_endpoint_url=s3.endpoint_url,
-        s3_region=s3.region,
-        s3_access_key=SecretStr(s3.access_key),
-        s3_secret_key=SecretStr(s3.secret_key),
-        s3_bucket=names.bucket,
-        api_tokens={"bench": SecretStr(TOKEN)},
-        max_upload_bytes=300 * MIB,
-    )
-    admin = create_async_engine(url, poolclass=NullPool)
-    try:
-        async with (
-            SchemaJanitor(admin, names),
-            BucketJanitor(make_s3_client(settings), names),
-        ):
-            engine = create_engine_for(
-                DatabaseSettings(database_url=url, database_schema=names.schema)
-            )
-            try:
-                async with engine.begin() as conn:
-                    await conn.run_sync(migrate)
-            finally:
-                await engine.dispose()
-            app_env = contract.service_environment(
-                url,
-                s3,
-                schema=names.schema,
-                bucket=names.bucket,
-                tokens={"bench": TOKEN},
-                max_upload_bytes=300 * MIB,
-            )
-            async with serve({"PYTHONDONTWRITEBYTECODE": "", **app_env}) as served:
-                return await asyncio.to_thread(_measure, served.base_url, served.pid)
-    finally:
-        await admin.dispose()
+async def measure_upload(config: HarnessConfig) -> UploadResult:
+    """In the sandbox's own stamped schema and bucket, both removed after."""
+    async with sandbox(config, "upload") as run:
+        settings = settings_for(run, tokens={"bench": TOKEN}, max_upload_bytes=300 * MIB)
+        app_env = {"PYTHONDONTWRITEBYTECODE": "", **environment_of(settings)}
+        async with serve(app_env) as served:
+            return await asyncio.to_thread(_measure, served.base_url, served.pid)

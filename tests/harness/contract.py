@@ -1,17 +1,27 @@
-"""The one table of variables the integration tests read, who sets them, and how they become URLs.
+"""The one table of variables the harness reads, who sets them, and how they become URLs.
 
-tox-docker, the embedded launcher and a user all produce these same variables;
-nothing else in the harness reads the environment for service locations.
+tox-docker, the embedded launcher and a user all produce these same variables. Each one owns
+its parsing and its default, and a blank value counts as unset, for every variable alike.
+Standard library only: it runs before collection.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
+from typing import Generic, TypeVar
 from urllib.parse import quote
+
+from .project import Project
+
+T = TypeVar("T")
+
+
+class ContractError(Exception):
+    """A variable has a value its parser refuses; str() names it, the value and the fix."""
 
 
 class SetBy(StrEnum):
@@ -21,136 +31,211 @@ class SetBy(StrEnum):
     HARNESS = "the harness itself"
 
 
+def _flag(raw: str) -> bool:
+    value = raw.lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be 1 or 0 (also true/false, yes/no, on/off)")
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be a positive, finite number of seconds, e.g. 30")
+    return value
+
+
+def _hosts(raw: str) -> frozenset[str]:
+    return frozenset(h.strip().lower() for h in raw.split(",") if h.strip())
+
+
+Default = str | Callable[[Project], str] | None
+
+
 @dataclass(frozen=True)
-class Variable:
+class Variable(Generic[T]):
     name: str
     set_by: SetBy
     meaning: str
-    default: str | None = None
+    parse: Callable[[str], T]
+    default: Default = None
     secret: bool = False
 
+    def raw(self, env: Mapping[str, str], project: Project) -> str | None:
+        """The value as text: blank counts as unset, then the default applies."""
+        value = env.get(self.name, "").strip()
+        if value:
+            return value
+        return self.default(project) if callable(self.default) else self.default
 
-# Credentials used by both paths: tox.ini repeats these literals for the
-# containers, and tests/unit/test_config_contract.py keeps the two in step.
-POSTGRES_USER_DEFAULT = "docstore_test"
-POSTGRES_PASSWORD_DEFAULT = "docstore_test_pw"
-POSTGRES_DB_DEFAULT = "docstore_test"
-S3_ACCESS_KEY_DEFAULT = "docstore-test"
-S3_SECRET_KEY_DEFAULT = "docstore-test-secret"
-S3_REGION_DEFAULT = "us-east-1"
+    def get(self, env: Mapping[str, str], project: Project) -> T | None:
+        raw = self.raw(env, project)
+        if raw is None:
+            return None
+        try:
+            return self.parse(raw)
+        except ValueError as exc:
+            shown = "<hidden>" if self.secret else repr(raw)
+            raise ContractError(f"{self.name}={shown} {exc}; fix: correct or unset it") from None
 
-VARIABLES: tuple[Variable, ...] = (
-    Variable("POSTGRES_HOST", SetBy.TOX_DOCKER, "host of the test PostgreSQL"),
-    Variable("POSTGRES_PORT", SetBy.TOX_DOCKER, "mapped port of the test PostgreSQL"),
-    Variable("MINIO_HOST", SetBy.TOX_DOCKER, "host of the test S3 server"),
-    Variable("MINIO_PORT", SetBy.TOX_DOCKER, "mapped port of the test S3 server"),
-    Variable("POSTGRES_USER", SetBy.TOX_SET_ENV, "test-only database user", POSTGRES_USER_DEFAULT),
-    Variable(
-        "POSTGRES_PASSWORD",
-        SetBy.TOX_SET_ENV,
-        "password of that user",
-        POSTGRES_PASSWORD_DEFAULT,
-        secret=True,
-    ),
-    Variable("POSTGRES_DB", SetBy.TOX_SET_ENV, "test-only database", POSTGRES_DB_DEFAULT),
-    Variable("MINIO_ROOT_USER", SetBy.TOX_SET_ENV, "S3 access key", S3_ACCESS_KEY_DEFAULT),
-    Variable(
-        "MINIO_ROOT_PASSWORD",
-        SetBy.TOX_SET_ENV,
-        "S3 secret key",
-        S3_SECRET_KEY_DEFAULT,
-        secret=True,
-    ),
-    Variable("S3_REGION", SetBy.TOX_SET_ENV, "S3 region name", S3_REGION_DEFAULT),
-    Variable(
-        "TEST_DATABASE_URL",
-        SetBy.USER,
-        "full postgresql+asyncpg:// URL; wins over the POSTGRES_* variables",
-        secret=True,
-    ),
-    Variable(
-        "TEST_S3_ENDPOINT_URL",
-        SetBy.USER,
-        "full S3 endpoint URL; wins over MINIO_HOST/MINIO_PORT",
-    ),
-    Variable("TEST_S3_ACCESS_KEY", SetBy.USER, "S3 access key; wins over MINIO_ROOT_USER"),
-    Variable(
-        "TEST_S3_SECRET_KEY",
-        SetBy.USER,
-        "S3 secret key; wins over MINIO_ROOT_PASSWORD",
-        secret=True,
-    ),
-    Variable(
-        "TEST_EMBEDDED_SERVICES",
-        SetBy.USER,
-        "1: a plain `pytest tests/integration` starts the embedded services itself",
-    ),
-    Variable(
-        "TEST_KEEP_ON_FAILURE",
-        SetBy.USER,
-        "1: after a failing run, keep the services, schema and bucket, and print how to connect",
-    ),
-    Variable(
-        "TEST_ALLOWED_HOSTS",
-        SetBy.USER,
-        "comma-separated non-loopback hosts an explicit TEST_DATABASE_URL/TEST_S3_ENDPOINT_URL "
-        "may name (CI service containers)",
-    ),
-    Variable(
-        "TEST_ALLOW_USER_TABLES",
-        SetBy.USER,
-        "1: accept a TEST_DATABASE_URL whose database holds tables the harness did not create",
-    ),
-    Variable("PG_BINDIR", SetBy.USER, "embedded path: use these PostgreSQL binaries instead"),
-    Variable(
-        "TEST_SERVICES_TIMEOUT",
-        SetBy.USER,
-        "embedded path: seconds each service may take to become ready",
-        "30",
-    ),
-    Variable(
-        "TEST_HARNESS_CACHE_DIR",
-        SetBy.USER,
-        "embedded path: where the initdb template (and, as root, a binaries copy) is cached",
-        "/var/tmp/docstore-harness-cache-<uid>",
-    ),
-    Variable(
-        "TEST_HARNESS_RUN_BASE",
-        SetBy.USER,
-        "embedded path: where each run's data, sockets and logs live (removed after the run)",
-        "/dev/shm/docstore-harness-<uid>",
-    ),
-    Variable(
-        "DOCSTORE_TEST_RUN_ID",
-        SetBy.HARNESS,
-        "names this run's schema and bucket; shared by xdist workers",
-    ),
-    Variable(
-        "DOCSTORE_SERVICES_READY_FILE",
-        SetBy.HARNESS,
-        "embedded path: created by the launcher once the services answer; pytest waits for it",
-    ),
+
+def _text(
+    name: str, set_by: SetBy, meaning: str, default: Default = None, **kw: bool
+) -> Variable[str]:
+    return Variable(name, set_by, meaning, str, default, **kw)
+
+
+def _cache_dir(project: Project) -> str:
+    import os
+
+    return f"/var/tmp/{project.name}-harness-cache-{os.geteuid()}"
+
+
+POSTGRES_HOST = _text("POSTGRES_HOST", SetBy.TOX_DOCKER, "host of the test PostgreSQL")
+POSTGRES_PORT = _text("POSTGRES_PORT", SetBy.TOX_DOCKER, "mapped port of the test PostgreSQL")
+MINIO_HOST = _text("MINIO_HOST", SetBy.TOX_DOCKER, "host of the test S3 server")
+MINIO_PORT = _text("MINIO_PORT", SetBy.TOX_DOCKER, "mapped port of the test S3 server")
+POSTGRES_USER = _text(
+    "POSTGRES_USER", SetBy.TOX_SET_ENV, "test-only database user", lambda p: p.credentials.pg_user
+)
+POSTGRES_PASSWORD = _text(
+    "POSTGRES_PASSWORD",
+    SetBy.TOX_SET_ENV,
+    "password of that user",
+    lambda p: p.credentials.pg_password,
+    secret=True,
+)
+POSTGRES_DB = _text(
+    "POSTGRES_DB", SetBy.TOX_SET_ENV, "test-only database", lambda p: p.credentials.pg_database
+)
+MINIO_ROOT_USER = _text(
+    "MINIO_ROOT_USER", SetBy.TOX_SET_ENV, "S3 access key", lambda p: p.credentials.s3_access_key
+)
+MINIO_ROOT_PASSWORD = _text(
+    "MINIO_ROOT_PASSWORD",
+    SetBy.TOX_SET_ENV,
+    "S3 secret key",
+    lambda p: p.credentials.s3_secret_key,
+    secret=True,
+)
+S3_REGION = _text(
+    "S3_REGION", SetBy.TOX_SET_ENV, "S3 region name", lambda p: p.credentials.s3_region
+)
+TEST_DATABASE_URL = _text(
+    "TEST_DATABASE_URL",
+    SetBy.USER,
+    "full postgresql+asyncpg:// URL; wins over the POSTGRES_* variables",
+    secret=True,
+)
+TEST_S3_ENDPOINT_URL = _text(
+    "TEST_S3_ENDPOINT_URL", SetBy.USER, "full S3 endpoint URL; wins over MINIO_HOST/MINIO_PORT"
+)
+TEST_S3_ACCESS_KEY = _text(
+    "TEST_S3_ACCESS_KEY", SetBy.USER, "S3 access key; wins over MINIO_ROOT_USER"
+)
+TEST_S3_SECRET_KEY = _text(
+    "TEST_S3_SECRET_KEY", SetBy.USER, "S3 secret key; wins over MINIO_ROOT_PASSWORD", secret=True
+)
+TEST_EMBEDDED_SERVICES = Variable(
+    "TEST_EMBEDDED_SERVICES",
+    SetBy.USER,
+    "1: a plain `pytest` of the guarded paths starts the embedded services itself",
+    _flag,
+    "0",
+)
+TEST_KEEP_ON_FAILURE = Variable(
+    "TEST_KEEP_ON_FAILURE",
+    SetBy.USER,
+    "1: after a failing run, keep the services, schema and bucket, and print how to connect",
+    _flag,
+    "0",
+)
+TEST_ALLOWED_HOSTS = Variable(
+    "TEST_ALLOWED_HOSTS",
+    SetBy.USER,
+    "comma-separated non-loopback hosts an explicit TEST_DATABASE_URL/TEST_S3_ENDPOINT_URL "
+    "may name (CI service containers)",
+    _hosts,
+    "",
+)
+TEST_ALLOW_USER_TABLES = Variable(
+    "TEST_ALLOW_USER_TABLES",
+    SetBy.USER,
+    "1: accept a TEST_DATABASE_URL whose database holds tables the harness did not create",
+    _flag,
+    "0",
+)
+PG_BINDIR = Variable(
+    "PG_BINDIR", SetBy.USER, "embedded path: use these PostgreSQL binaries instead", Path
+)
+TEST_SERVICES_TIMEOUT = Variable(
+    "TEST_SERVICES_TIMEOUT",
+    SetBy.USER,
+    "embedded path: seconds each service may take to become ready (also the template build)",
+    _seconds,
+    "30",
+)
+TEST_HARNESS_CACHE_DIR = Variable(
+    "TEST_HARNESS_CACHE_DIR",
+    SetBy.USER,
+    "embedded path: where the initdb template (and, as root, a binaries copy) is cached",
+    Path,
+    _cache_dir,
+)
+TEST_HARNESS_RUN_BASE = Variable(
+    "TEST_HARNESS_RUN_BASE",
+    SetBy.USER,
+    "embedded path: where each run's data, sockets and logs live (removed after the run); "
+    "default /dev/shm/<name>-harness-<uid>, or the temp dir without /dev/shm",
+    Path,
 )
 
-RUN_ID_VARIABLE = "DOCSTORE_TEST_RUN_ID"
+VARIABLES: tuple[Variable[object], ...] = (
+    POSTGRES_HOST,
+    POSTGRES_PORT,
+    MINIO_HOST,
+    MINIO_PORT,
+    POSTGRES_USER,
+    POSTGRES_PASSWORD,
+    POSTGRES_DB,
+    MINIO_ROOT_USER,
+    MINIO_ROOT_PASSWORD,
+    S3_REGION,
+    TEST_DATABASE_URL,
+    TEST_S3_ENDPOINT_URL,
+    TEST_S3_ACCESS_KEY,
+    TEST_S3_SECRET_KEY,
+    TEST_EMBEDDED_SERVICES,
+    TEST_KEEP_ON_FAILURE,
+    TEST_ALLOWED_HOSTS,
+    TEST_ALLOW_USER_TABLES,
+    PG_BINDIR,
+    TEST_SERVICES_TIMEOUT,
+    TEST_HARNESS_CACHE_DIR,
+    TEST_HARNESS_RUN_BASE,
+)  # type: ignore[assignment]
 
-BY_NAME: dict[str, Variable] = {v.name: v for v in VARIABLES}
+# What tox-docker and tox set_env provide on the Docker path, and the launcher on its own.
+SERVICE_VARIABLES = (POSTGRES_HOST, POSTGRES_PORT, MINIO_HOST, MINIO_PORT)
+S3_ONLY = frozenset(
+    {"MINIO_HOST", "MINIO_PORT", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "S3_REGION"}
+)
+S3_ONLY |= {"TEST_S3_ENDPOINT_URL", "TEST_S3_ACCESS_KEY", "TEST_S3_SECRET_KEY"}
 
-# Variables that the Docker path sets through tox-docker's `expose`/`host_var`.
-SERVICE_VARIABLES = ("POSTGRES_HOST", "POSTGRES_PORT", "MINIO_HOST", "MINIO_PORT")
 
-
-def value_of(env: Mapping[str, str], name: str) -> str | None:
-    """The variable's value in `env` (blank counts as unset), else its default from the table."""
-    value = env.get(name, "").strip()
-    if value:
-        return value
-    return BY_NAME[name].default
+def variables_for(project: Project) -> tuple[Variable[object], ...]:
+    """The variables this project reads: a Postgres-only project has no S3 ones."""
+    return tuple(v for v in VARIABLES if project.uses_s3 or v.name not in S3_ONLY)
 
 
 @dataclass(frozen=True)
 class DatabaseTarget:
-    url: str | None
+    url: str | None = field(repr=False)  # carries the password
     source: str  # which variable(s) the URL came from, for messages
 
 
@@ -158,67 +243,36 @@ class DatabaseTarget:
 class S3Target:
     endpoint_url: str | None
     access_key: str
-    secret_key: str
-    region: str
-    source: str
+    secret_key: str = field(repr=False)
+    region: str = "us-east-1"
+    source: str = ""
 
 
-def resolve_database_url(env: Mapping[str, str] | None = None) -> DatabaseTarget:
-    """TEST_DATABASE_URL wins; else POSTGRES_HOST/PORT/USER/PASSWORD/DB. Never DATABASE_URL."""
-    env = os.environ if env is None else env
-    explicit = env.get("TEST_DATABASE_URL")
+def resolve_database(project: Project, env: Mapping[str, str]) -> DatabaseTarget:
+    """TEST_DATABASE_URL wins; else POSTGRES_HOST/PORT/USER/PASSWORD/DB. Never the app's URL."""
+    explicit = TEST_DATABASE_URL.get(env, project)
     if explicit is not None:
-        return DatabaseTarget(explicit, "TEST_DATABASE_URL")
-    host, port = env.get("POSTGRES_HOST", "").strip(), env.get("POSTGRES_PORT", "").strip()
+        return DatabaseTarget(explicit, TEST_DATABASE_URL.name)
+    host, port = POSTGRES_HOST.get(env, project), POSTGRES_PORT.get(env, project)
     if not (host and port):
         return DatabaseTarget(None, "nothing")
-    user = quote(value_of(env, "POSTGRES_USER") or "", safe="")
-    password = quote(value_of(env, "POSTGRES_PASSWORD") or "", safe="")
-    db = quote(value_of(env, "POSTGRES_DB") or "", safe="")
+    user, password, db = (
+        quote(var.get(env, project) or "", safe="")
+        for var in (POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB)
+    )
     url = f"postgresql+asyncpg://{user}:{password}@{host}:{port}/{db}"
     return DatabaseTarget(url, "POSTGRES_HOST/POSTGRES_PORT")
 
 
-def resolve_s3(env: Mapping[str, str] | None = None) -> S3Target:
+def resolve_s3(project: Project, env: Mapping[str, str]) -> S3Target:
     """TEST_S3_ENDPOINT_URL wins; else MINIO_HOST/MINIO_PORT."""
-    env = os.environ if env is None else env
-    access = value_of(env, "TEST_S3_ACCESS_KEY") or value_of(env, "MINIO_ROOT_USER") or ""
-    secret = value_of(env, "TEST_S3_SECRET_KEY") or value_of(env, "MINIO_ROOT_PASSWORD") or ""
-    region = value_of(env, "S3_REGION") or S3_REGION_DEFAULT
-    explicit = env.get("TEST_S3_ENDPOINT_URL", "").strip()
+    access = TEST_S3_ACCESS_KEY.get(env, project) or MINIO_ROOT_USER.get(env, project) or ""
+    secret = TEST_S3_SECRET_KEY.get(env, project) or MINIO_ROOT_PASSWORD.get(env, project) or ""
+    region = S3_REGION.get(env, project) or project.credentials.s3_region
+    explicit = TEST_S3_ENDPOINT_URL.get(env, project)
     if explicit:
-        return S3Target(explicit, access, secret, region, "TEST_S3_ENDPOINT_URL")
-    host, port = env.get("MINIO_HOST", "").strip(), env.get("MINIO_PORT", "").strip()
+        return S3Target(explicit, access, secret, region, TEST_S3_ENDPOINT_URL.name)
+    host, port = MINIO_HOST.get(env, project), MINIO_PORT.get(env, project)
     if not (host and port):
         return S3Target(None, access, secret, region, "nothing")
     return S3Target(f"http://{host}:{port}", access, secret, region, "MINIO_HOST/MINIO_PORT")
-
-
-def service_environment(
-    database_url: str,
-    s3: S3Target,
-    *,
-    bucket: str,
-    tokens: Mapping[str, str],
-    schema: str | None = None,
-    max_upload_bytes: int | None = None,
-) -> dict[str, str]:
-    """The service's own variables (api/config.py) pointed at these test services.
-
-    How `make dev`, bench/load.py and bench/bench_upload.py run the real uvicorn.
-    """
-    env = {
-        "DATABASE_URL": database_url,
-        "S3_REGION": s3.region,
-        "S3_ACCESS_KEY": s3.access_key,
-        "S3_SECRET_KEY": s3.secret_key,
-        "S3_BUCKET": bucket,
-        "API_TOKENS": json.dumps(dict(tokens)),
-    }
-    if s3.endpoint_url is not None:
-        env["S3_ENDPOINT_URL"] = s3.endpoint_url
-    if schema is not None:
-        env["DATABASE_SCHEMA"] = schema
-    if max_upload_bytes is not None:
-        env["MAX_UPLOAD_BYTES"] = str(max_upload_bytes)
-    return env

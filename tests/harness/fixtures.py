@@ -1,73 +1,40 @@
-"""Fixtures of the integration tier: the run's schema and bucket, per-test isolation, HTTP clients.
+"""The core fixtures: the run's schema, its engine, per-test isolation, the app and a client.
 
-Registered by tests/conftest.py once the guard has passed. Per-test isolation
-lives in tests/harness/isolation.py (SAVEPOINT by default, real commits on
-request), shared with the benchmarks.
+Registered by the plugin once the guard has passed. What they know of the app comes from the
+adapter (tests/harness/adapter.py); the S3 fixtures live in s3_fixtures.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
-from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.pool import NullPool
 
-from api import Settings, create_app
-from api.deps import get_session
-from api.models import Base
-from tests.harness import contract
-from tests.harness.isolation import committing_session, create_test_engine, savepoint_session
-from tests.harness.janitor import (
-    BucketJanitor,
-    RunNames,
-    SchemaJanitor,
-    drift,
-    migrate,
-    s3_client_for,
-    sweep_dead_buckets,
-    sweep_dead_schemas,
-)
-
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
-
-# Test-only owners and tokens: the app under test accepts exactly these.
-TOKENS = {"alice": "alice-test-token", "bob": "bob-test-token"}
-MAX_UPLOAD_BYTES = 1024 * 1024
-KEEP_SWITCH = "TEST_KEEP_ON_FAILURE"
+from .adapter import AppAdapter
+from .config import HarnessConfig, RunTargets
+from .isolation import committing_session, create_test_engine, savepoint_session
+from .janitor import SchemaJanitor, sweep_dead_schemas
+from .migrations import MigrationError, drift, drift_message, migrate
+from .plugin import ADAPTER, CONFIG
+from .stamps import RunNames
 
 
-def _keep_on_failure(session: pytest.Session) -> bool:
-    keep = os.environ.get(KEEP_SWITCH, "").lower() in {"1", "true", "yes"}
-    return keep and session.testsfailed > 0
+def keep_on_failure(request: pytest.FixtureRequest, config: HarnessConfig) -> bool:
+    return config.keep_on_failure and request.session.testsfailed > 0
 
 
-@pytest.fixture(scope="session")
-def run_names() -> RunNames:
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    return RunNames(os.environ[contract.RUN_ID_VARIABLE], worker)
-
-
-@pytest.fixture(scope="session")
-def database_url() -> str:
-    url = contract.resolve_database_url().url
-    assert url is not None  # the guard has checked it before collection
-    return url
-
-
-def _sweeps(names: RunNames) -> bool:
+def sweeps(names: RunNames) -> bool:
     """One process per run removes what killed runs left behind (the others would race it)."""
     return names.worker in {"main", "gw0"}
 
 
-def _report(request: pytest.FixtureRequest, kind: str, removed: list[str]) -> None:
+def report_removed(request: pytest.FixtureRequest, kind: str, removed: list[str]) -> None:
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     for name in removed:
         if reporter is not None:
@@ -75,108 +42,85 @@ def _report(request: pytest.FixtureRequest, kind: str, removed: list[str]) -> No
 
 
 @pytest.fixture(scope="session")
-def s3_target() -> contract.S3Target:
-    return contract.resolve_s3()
+def harness_config(pytestconfig: pytest.Config) -> HarnessConfig:
+    """The resolved, guarded configuration of this run (the same object in every fixture)."""
+    return pytestconfig.stash[CONFIG]
+
+
+@pytest.fixture(scope="session")
+def app_adapter(pytestconfig: pytest.Config) -> AppAdapter:
+    return pytestconfig.stash[ADAPTER]
+
+
+@pytest.fixture(scope="session")
+def run_names(pytestconfig: pytest.Config, harness_config: HarnessConfig) -> RunNames:
+    workerinput: dict[str, Any] = getattr(pytestconfig, "workerinput", {})
+    worker = str(workerinput.get("workerid", "main"))
+    return RunNames(harness_config.project, harness_config.run_id, worker)
+
+
+@pytest.fixture(scope="session")
+def database_url(harness_config: HarnessConfig) -> str:
+    """The guarded URL of the test database (password included); not the run's schema."""
+    return harness_config.database_url
 
 
 @pytest_asyncio.fixture(scope="session")
 async def _run_schema(
-    request: pytest.FixtureRequest, database_url: str, run_names: RunNames
+    request: pytest.FixtureRequest, harness_config: HarnessConfig, run_names: RunNames
 ) -> AsyncIterator[SchemaJanitor]:
-    # The admin engine works outside the run's schema; NullPool keeps no
-    # connection open that could hold a lock when the schema is dropped.
-    admin = create_async_engine(database_url, poolclass=NullPool)
+    # The admin engine works outside the run's schema; NullPool keeps no connection open
+    # that could hold a lock when the schema is dropped.
+    admin = create_test_engine(harness_config.database_url, None, poolclass=NullPool)
     try:
-        if _sweeps(run_names):
-            _report(request, "schema", await sweep_dead_schemas(admin))
+        if sweeps(run_names):
+            removed = await sweep_dead_schemas(admin, harness_config.project)
+            report_removed(request, "schema", removed)
         janitor = SchemaJanitor(admin, run_names)
         async with janitor:
             yield janitor
-            janitor.keep = _keep_on_failure(request.session)
+            janitor.keep = keep_on_failure(request, harness_config)
     finally:
         await admin.dispose()
 
 
 @pytest_asyncio.fixture(scope="session")
-async def _run_bucket(
-    request: pytest.FixtureRequest, s3_target: contract.S3Target, run_names: RunNames
-) -> AsyncIterator[BucketJanitor]:
-    client = s3_client_for(s3_target)
-    if _sweeps(run_names):
-        _report(request, "bucket", await asyncio.to_thread(sweep_dead_buckets, client))
-    janitor = BucketJanitor(client, run_names)
-    async with janitor:
-        yield janitor
-        janitor.keep = _keep_on_failure(request.session)
-
-
-def _settings_for(
-    target: contract.S3Target, *, database_url: str, schema: str | None, bucket: str
-) -> Settings:
-    return Settings(
-        database_url=database_url or "postgresql+asyncpg://unused/unused",
-        database_schema=schema,
-        s3_endpoint_url=target.endpoint_url,
-        s3_region=target.region,
-        s3_access_key=target.access_key,
-        s3_secret_key=target.secret_key,
-        s3_bucket=bucket,
-        api_tokens=TOKENS,
-        max_upload_bytes=MAX_UPLOAD_BYTES,
-    )
-
-
-@pytest.fixture(scope="session")
-def settings(
-    database_url: str,
-    s3_target: contract.S3Target,
-    _run_schema: SchemaJanitor,
-    _run_bucket: BucketJanitor,
-) -> Settings:
-    """The app's settings for this run: its own schema, its own bucket, two test owners."""
-    return _settings_for(
-        s3_target,
-        database_url=database_url,
-        schema=_run_schema.names.schema,
-        bucket=_run_bucket.bucket,
-    )
-
-
-@pytest_asyncio.fixture(scope="session")
-async def engine(settings: Settings, _run_schema: SchemaJanitor) -> AsyncIterator[AsyncEngine]:
-    """An engine whose search_path is the run's schema, migrated to head and checked for drift."""
-    engine = create_test_engine(settings)
+async def engine(
+    harness_config: HarnessConfig, app_adapter: AppAdapter, _run_schema: SchemaJanitor
+) -> AsyncIterator[AsyncEngine]:
+    """An engine whose search_path is the run's schema, migrated to head (and drift-checked)."""
+    project = harness_config.project
+    engine = create_test_engine(harness_config.database_url, _run_schema.names.schema)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(migrate)
-            differences = await conn.run_sync(drift, Base.metadata)
-        if differences:
-            pytest.exit(
-                "The models and the Alembic migrations disagree (drift):\n  "
-                + "\n  ".join(map(str, differences))
-                + "\n  fix: add a migration under api/migrations/versions/ "
-                "(alembic revision --autogenerate -m '...').",
-                returncode=pytest.ExitCode.USAGE_ERROR,
-            )
+            try:
+                await conn.run_sync(lambda sync: migrate(project, sync))
+            except MigrationError as exc:
+                pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
+            if project.drift_check:
+                differences = await conn.run_sync(drift, app_adapter.metadata)
+                if differences:
+                    pytest.exit(
+                        drift_message(project, differences),
+                        returncode=pytest.ExitCode.USAGE_ERROR,
+                    )
         yield engine
     finally:
         await engine.dispose()
 
 
 @pytest.fixture(scope="session")
-def s3_client(_run_bucket: BucketJanitor, s3_target: contract.S3Target) -> S3Client:
-    """A boto3 S3 client for the test's own checks: path-style addressing, SigV4."""
-    return s3_client_for(s3_target)
+def run_targets(
+    request: pytest.FixtureRequest, harness_config: HarnessConfig, _run_schema: SchemaJanitor
+) -> RunTargets:
+    """What the adapter builds the app from: the run's database, schema and bucket."""
+    bucket = request.getfixturevalue("_run_bucket").bucket if harness_config.s3 else None
+    return RunTargets(
+        harness_config.database_url, _run_schema.names.schema, harness_config.s3, bucket
+    )
 
 
-@pytest.fixture
-def s3_bucket(_run_bucket: BucketJanitor) -> Iterator[str]:
-    """The run's bucket, emptied after each test so no test sees another's objects."""
-    yield _run_bucket.bucket
-    _run_bucket.empty()
-
-
-def _real_commits(request: pytest.FixtureRequest) -> bool:
+def real_commits(request: pytest.FixtureRequest) -> bool:
     return request.node.get_closest_marker("real_commits") is not None
 
 
@@ -184,16 +128,17 @@ def _real_commits(request: pytest.FixtureRequest) -> bool:
 async def db_session(
     request: pytest.FixtureRequest,
     engine: AsyncEngine,
+    app_adapter: AppAdapter,
     _run_schema: SchemaJanitor,
 ) -> AsyncIterator[AsyncSession]:
     """The test's session.
 
-    By default it lives inside an outer transaction that is rolled back, and its
-    commits become SAVEPOINT releases. Under @pytest.mark.real_commits it is a
-    plain session that really commits; the tables are emptied after the test.
+    By default it lives inside an outer transaction that is rolled back, and its commits
+    become SAVEPOINT releases. Under @pytest.mark.real_commits it is a plain session that
+    really commits; the tables are emptied after the test.
     """
-    if _real_commits(request):
-        tables = [t.name for t in Base.metadata.sorted_tables]
+    if real_commits(request):
+        tables = [t.name for t in app_adapter.metadata.sorted_tables]
         async with committing_session(engine, _run_schema, tables) as session:
             yield session
     else:
@@ -202,59 +147,57 @@ async def db_session(
 
 
 @pytest_asyncio.fixture(scope="session")
-async def _session_app(settings: Settings, engine: AsyncEngine) -> AsyncIterator[FastAPI]:
-    app = create_app(settings)
-    try:
+async def _session_app(app_adapter: AppAdapter, run_targets: RunTargets) -> AsyncIterator[Any]:
+    app = app_adapter.create_app(run_targets)
+    lifespan = getattr(getattr(app, "router", None), "lifespan_context", None)
+    if lifespan is None:
         yield app
-    finally:
-        await app.state.engine.dispose()
+        return
+    async with lifespan(app):  # what uvicorn would run: the app's start-up and shut-down
+        yield app
 
 
 @pytest.fixture
 def app(
-    request: pytest.FixtureRequest, _session_app: FastAPI, db_session: AsyncSession, s3_bucket: str
-) -> Iterator[FastAPI]:
-    """The app under test, built for the test settings.
+    request: pytest.FixtureRequest,
+    _session_app: Any,
+    app_adapter: AppAdapter,
+    harness_config: HarnessConfig,
+    db_session: AsyncSession,
+) -> Iterator[Any]:
+    """The app under test, built by the adapter for this run.
 
-    It uses the test's `db_session` through a dependency override, so HTTP calls
-    see and roll back the same data as the test. Under real_commits it uses its
-    own engine and commits for real.
+    HTTP calls use the test's `db_session` (a dependency override), so they see and roll back
+    the same data as the test; concurrent requests take turns on it. Under real_commits the
+    app uses its own engine and commits for real.
     """
-    if not _real_commits(request):
+    if harness_config.s3 is not None:
+        request.getfixturevalue("s3_bucket")  # emptied after the test
+    overrides: dict[Any, Any] = _session_app.dependency_overrides
+    if not real_commits(request):
+        # One AsyncSession serves one request at a time; gather() in a test must not interleave.
+        turn = asyncio.Lock()
 
         async def _test_session() -> AsyncIterator[AsyncSession]:
-            yield db_session
+            async with turn:
+                yield db_session
 
-        _session_app.dependency_overrides[get_session] = _test_session
+        overrides[app_adapter.session_dependency] = _test_session
     try:
         yield _session_app
     finally:
-        _session_app.dependency_overrides.clear()
+        overrides.clear()
 
 
-def _client(app: FastAPI, owner: str | None) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {TOKENS[owner]}"} if owner else {}
+def asgi_client(app: Any, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    """An httpx client that calls the app in-process (no socket); for adapters' own clients."""
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test", headers=headers
+        transport=httpx.ASGITransport(app=app), base_url="http://test", headers=headers or {}
     )
 
 
 @pytest_asyncio.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
     """An anonymous client of the app under test."""
-    async with _client(app, None) as c:
-        yield c
-
-
-@pytest_asyncio.fixture
-async def authed_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A client holding the Bearer token of owner "alice"."""
-    async with _client(app, "alice") as c:
-        yield c
-
-
-@pytest_asyncio.fixture
-async def other_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A client holding the Bearer token of owner "bob"."""
-    async with _client(app, "bob") as c:
+    async with asgi_client(app) as c:
         yield c

@@ -1,4 +1,4 @@
-"""Refuse the integration tier anything but a postgresql+asyncpg:// URL and an S3 endpoint.
+"""Refuse the guarded tests anything but a postgresql+asyncpg:// URL (and an S3 endpoint, if used).
 
 It runs in `pytest_configure`, before a single test is collected, so it imports
 only the standard library: the decision must take a fraction of a second.
@@ -8,28 +8,23 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
-from tests.harness.contract import DatabaseTarget, S3Target
+from .contract import TEST_ALLOWED_HOSTS, DatabaseTarget, S3Target
+from .project import Project
 
 REQUIRED_SCHEME = "postgresql+asyncpg"
-ALLOW_HOSTS_VARIABLE = "TEST_ALLOWED_HOSTS"
-EXAMPLE_URL = "postgresql+asyncpg://docstore_test:***@127.0.0.1:5432/docstore_test"
+ALLOW_HOSTS_VARIABLE = TEST_ALLOWED_HOSTS.name
+EXAMPLE_URL = "postgresql+asyncpg://USER:***@127.0.0.1:5432/DBNAME"
 HOW_TO_START = (
-    "Run `make test-integration`: it starts PostgreSQL and S3 for you "
-    "(containers through tox-docker, or the embedded servers when Docker is absent)."
+    "Run `make test-integration`: it starts the services for you (containers through "
+    "tox-docker, or the embedded servers when Docker is absent). From a plain pytest: "
+    "TEST_EMBEDDED_SERVICES=1."
 )
 
 
 class GuardError(Exception):
     """A refusal, worded for the person who hits it."""
-
-
-@dataclass(frozen=True)
-class GuardedTargets:
-    database_url: str
-    s3_endpoint_url: str
 
 
 def mask_url(url: str) -> str:
@@ -45,7 +40,7 @@ def mask_url(url: str) -> str:
     return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
 
 
-def _missing_database_message(env: Mapping[str, str]) -> str:
+def _missing_database_message(project: Project, env: Mapping[str, str]) -> str:
     lines = [
         "Integration tests need a PostgreSQL test database, and none is configured.",
         "  seen: TEST_DATABASE_URL is unset, and POSTGRES_HOST/POSTGRES_PORT are "
@@ -54,9 +49,10 @@ def _missing_database_message(env: Mapping[str, str]) -> str:
         f"        Or set TEST_DATABASE_URL={EXAMPLE_URL}",
         "        Or set POSTGRES_HOST and POSTGRES_PORT (tox-docker does this for you).",
     ]
-    if env.get("DATABASE_URL"):
+    app_variable = project.app_database_url_variable
+    if env.get(app_variable, "").strip():
         lines.append(
-            "  note: DATABASE_URL is set, but the integration tier never uses it: it points "
+            f"  note: {app_variable} is set, but the integration tests never use it: it points "
             "at your own database, which the tests must not touch."
         )
     return "\n".join(lines)
@@ -82,10 +78,15 @@ def _parse(url: str) -> SplitResult | None:
     return parts
 
 
-def check_database_target(target: DatabaseTarget, env: Mapping[str, str]) -> str:
-    """Return the URL if it is a usable postgresql+asyncpg:// URL; raise GuardError otherwise."""
+def check_database_target(
+    project: Project, target: DatabaseTarget, allowed: frozenset[str], env: Mapping[str, str]
+) -> str:
+    """Return the URL if it is a usable postgresql+asyncpg:// URL; raise GuardError otherwise.
+
+    `env` is read only to explain a missing URL.
+    """
     if target.url is None:
-        raise GuardError(_missing_database_message(env))
+        raise GuardError(_missing_database_message(project, env))
     url = target.url
     if not url.strip():
         raise GuardError(_bad_url_message("the URL is empty", url, target.source))
@@ -102,7 +103,7 @@ def check_database_target(target: DatabaseTarget, env: Mapping[str, str]) -> str
     if not parts.path.strip("/"):
         raise GuardError(_bad_url_message("it names no database", url, target.source))
     if target.source == "TEST_DATABASE_URL":
-        _check_host_allowed(parts.hostname, target.source, mask_url(url), env)
+        _check_host_allowed(parts.hostname, target.source, mask_url(url), allowed)
     return url
 
 
@@ -115,17 +116,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def allowed_hosts(env: Mapping[str, str]) -> set[str]:
-    return {h.strip().lower() for h in env.get(ALLOW_HOSTS_VARIABLE, "").split(",") if h.strip()}
-
-
-def _check_host_allowed(host: str, source: str, shown: str, env: Mapping[str, str]) -> None:
+def _check_host_allowed(host: str, source: str, shown: str, allowed: frozenset[str]) -> None:
     """An explicit URL may name only loopback, unless its host is listed in the allow variable.
 
     URLs built from POSTGRES_HOST/MINIO_HOST come from tox-docker or the embedded
     launcher, which start throwaway servers: they are trusted and not checked here.
     """
-    if is_loopback(host) or host.lower() in allowed_hosts(env):
+    if is_loopback(host) or host.lower() in allowed:
         return
     raise GuardError(
         "\n".join(
@@ -141,15 +138,14 @@ def _check_host_allowed(host: str, source: str, shown: str, env: Mapping[str, st
     )
 
 
-def check_s3_target(target: S3Target, env: Mapping[str, str]) -> str:
+def check_s3_target(target: S3Target, allowed: frozenset[str]) -> str:
     """Return the S3 endpoint URL if one is configured; raise GuardError otherwise."""
     if target.endpoint_url is None:
         raise GuardError(
             "\n".join(
                 [
                     "Integration tests need an S3 endpoint, and none is configured.",
-                    "  seen: TEST_S3_ENDPOINT_URL is unset, and MINIO_HOST/MINIO_PORT are "
-                    f"{env.get('MINIO_HOST') or 'unset'}/{env.get('MINIO_PORT') or 'unset'}.",
+                    "  seen: TEST_S3_ENDPOINT_URL and MINIO_HOST/MINIO_PORT are unset.",
                     f"  fix:  {HOW_TO_START}",
                     "        Or set TEST_S3_ENDPOINT_URL=http://127.0.0.1:9000 "
                     "(with TEST_S3_ACCESS_KEY and TEST_S3_SECRET_KEY).",
@@ -169,7 +165,7 @@ def check_s3_target(target: S3Target, env: Mapping[str, str]) -> str:
             )
         )
     if target.source == "TEST_S3_ENDPOINT_URL":
-        _check_host_allowed(parts.hostname, target.source, target.endpoint_url, env)
+        _check_host_allowed(parts.hostname, target.source, target.endpoint_url, allowed)
     if not (target.access_key and target.secret_key):
         raise GuardError(
             "Integration tests need S3 credentials.\n"
@@ -177,7 +173,3 @@ def check_s3_target(target: S3Target, env: Mapping[str, str]) -> str:
             "(or TEST_S3_ACCESS_KEY and TEST_S3_SECRET_KEY)."
         )
     return target.endpoint_url
-
-
-def check_targets(database: DatabaseTarget, s3: S3Target, env: Mapping[str, str]) -> GuardedTargets:
-    return GuardedTargets(check_database_target(database, env), check_s3_target(s3, env))

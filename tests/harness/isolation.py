@@ -1,30 +1,30 @@
 """Per-test isolation strategies, as context managers shared by the fixtures and the benchmarks.
 
-The default follows SQLAlchemy's documented recipe "Joining a Session into an
-External Transaction": an outer transaction rolled back after the test, with
-join_transaction_mode="create_savepoint" so the code's own commits become
-SAVEPOINT releases. The fallback really commits and empties the tables after.
+The default follows SQLAlchemy's documented recipe "Joining a Session into an External
+Transaction": an outer transaction rolled back after the test, with
+join_transaction_mode="create_savepoint" so the code's own commits become SAVEPOINT
+releases. The fallback really commits and empties the tables after.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from api.config import DatabaseSettings
-from api.db import create_engine_for
-from tests.harness.janitor import SchemaJanitor
+from .janitor import SchemaJanitor
 
 
-def create_test_engine(settings: DatabaseSettings) -> AsyncEngine:
-    """The app's engine for the tests' own sessions, without pool pre-ping.
+def create_test_engine(database_url: str, schema: str | None, **options: Any) -> AsyncEngine:
+    """An engine whose connections use `schema` as search_path, without pool pre-ping.
 
-    The test server is local and the pool drops broken connections anyway; the
-    ping would add a round trip to every test's isolation.
+    The test server is local and the pool drops broken connections anyway; the ping would
+    add a round trip to every test's isolation.
     """
-    return create_engine_for(settings, pool_pre_ping=False)
+    connect_args = {"server_settings": {"search_path": schema}} if schema else {}
+    return create_async_engine(database_url, connect_args=connect_args, **options)
 
 
 @asynccontextmanager

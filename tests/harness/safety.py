@@ -8,14 +8,15 @@ someone's real database, so it is inspected before any test runs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 
 import asyncpg
 
-from tests.harness.guard import GuardError, mask_url
-from tests.harness.janitor import Stamp
+from .contract import TEST_ALLOW_USER_TABLES
+from .guard import GuardError, mask_url
+from .project import Project
+from .stamps import Stamp
 
-ALLOW_USER_TABLES_VARIABLE = "TEST_ALLOW_USER_TABLES"
+ALLOW_USER_TABLES_VARIABLE = TEST_ALLOW_USER_TABLES.name
 CONNECT_TIMEOUT_S = 10.0
 SHOWN_TABLES = 5
 
@@ -29,7 +30,7 @@ ORDER BY 1, 2
 """
 
 
-async def find_user_tables(url: str) -> list[str]:
+async def find_user_tables(project: Project, url: str) -> list[str]:
     """Tables (schema.name) outside the schemas the harness stamped."""
     dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
     conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
@@ -37,15 +38,17 @@ async def find_user_tables(url: str) -> list[str]:
         rows = await conn.fetch(_TABLES)
     finally:
         await conn.close()
-    return [f"{schema}.{table}" for schema, table, comment in rows if not Stamp.from_json(comment)]
+    return [
+        f"{schema}.{table}"
+        for schema, table, comment in rows
+        if not Stamp.from_json(project, comment)
+    ]
 
 
-def check_database_is_for_tests(url: str, env: Mapping[str, str]) -> None:
-    """Raise GuardError when TEST_DATABASE_URL holds user tables and the escape is not set."""
-    if env.get(ALLOW_USER_TABLES_VARIABLE, "").lower() in {"1", "true", "yes"}:
-        return
+def check_database_is_for_tests(project: Project, url: str) -> None:
+    """Raise GuardError when TEST_DATABASE_URL holds tables the harness did not create."""
     try:
-        tables = asyncio.run(find_user_tables(url))
+        tables = asyncio.run(find_user_tables(project, url))
     except (OSError, asyncpg.PostgresError, TimeoutError) as error:
         raise GuardError(
             "\n".join(

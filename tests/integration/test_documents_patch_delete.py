@@ -7,34 +7,20 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.models import Document, PendingObjectDeletion
+from api.models import PendingObjectDeletion
+from tests.helpers import count_rows, create_document, object_keys
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-
-
-async def create(client: httpx.AsyncClient, tags: str = "draft") -> dict[str, object]:
-    response = await client.post(
-        "/documents", files={"file": ("doc.txt", b"content", "text/plain")}, data={"tags": tags}
-    )
-    assert response.status_code == 201, response.text
-    body: dict[str, object] = response.json()
-    return body
-
-
-def object_keys(s3_client: S3Client, bucket: str) -> list[str]:
-    listing = s3_client.list_objects_v2(Bucket=bucket)
-    return [item["Key"] for item in listing.get("Contents", [])]
 
 
 @pytest.mark.parametrize("if_match", ["1", '"1"'])
 async def test_patch_with_the_current_version_updates_and_bumps_version(
     authed_client: httpx.AsyncClient, if_match: str
 ) -> None:
-    created = await create(authed_client)
+    created = await create_document(authed_client, tags="draft")
 
     response = await authed_client.patch(
         f"/documents/{created['id']}",
@@ -53,7 +39,7 @@ async def test_patch_with_the_current_version_updates_and_bumps_version(
 
 
 async def test_patch_with_only_tags_keeps_the_filename(authed_client: httpx.AsyncClient) -> None:
-    created = await create(authed_client)
+    created = await create_document(authed_client, tags="draft")
 
     response = await authed_client.patch(
         f"/documents/{created['id']}", json={"tags": []}, headers={"If-Match": "1"}
@@ -66,7 +52,7 @@ async def test_patch_with_only_tags_keeps_the_filename(authed_client: httpx.Asyn
 async def test_patch_with_a_stale_version_gets_412_and_changes_nothing(
     authed_client: httpx.AsyncClient,
 ) -> None:
-    created = await create(authed_client)
+    created = await create_document(authed_client)
     first = await authed_client.patch(
         f"/documents/{created['id']}", json={"filename": "one.txt"}, headers={"If-Match": "1"}
     )
@@ -83,7 +69,7 @@ async def test_patch_with_a_stale_version_gets_412_and_changes_nothing(
 
 
 async def test_patch_without_if_match_gets_428(authed_client: httpx.AsyncClient) -> None:
-    created = await create(authed_client)
+    created = await create_document(authed_client)
 
     response = await authed_client.patch(f"/documents/{created['id']}", json={"filename": "x"})
 
@@ -93,7 +79,7 @@ async def test_patch_without_if_match_gets_428(authed_client: httpx.AsyncClient)
 async def test_patch_by_another_owner_gets_403(
     authed_client: httpx.AsyncClient, other_client: httpx.AsyncClient
 ) -> None:
-    created = await create(authed_client)
+    created = await create_document(authed_client)
 
     response = await other_client.patch(
         f"/documents/{created['id']}", json={"filename": "mine.txt"}, headers={"If-Match": "1"}
@@ -118,7 +104,7 @@ async def test_patch_of_an_unknown_document_gets_404(authed_client: httpx.AsyncC
 async def test_patch_with_an_invalid_body_gets_422(
     authed_client: httpx.AsyncClient, body: dict[str, object]
 ) -> None:
-    created = await create(authed_client)
+    created = await create_document(authed_client)
 
     response = await authed_client.patch(
         f"/documents/{created['id']}", json=body, headers={"If-Match": "1"}
@@ -130,7 +116,7 @@ async def test_patch_with_an_invalid_body_gets_422(
 async def test_patch_without_a_token_gets_401(
     authed_client: httpx.AsyncClient, client: httpx.AsyncClient
 ) -> None:
-    created = await create(authed_client)
+    created = await create_document(authed_client)
 
     response = await client.patch(
         f"/documents/{created['id']}", json={"filename": "x"}, headers={"If-Match": "1"}
@@ -145,15 +131,15 @@ async def test_delete_removes_row_object_and_leaves_no_outbox_entry(
     s3_client: S3Client,
     s3_bucket: str,
 ) -> None:
-    created = await create(authed_client)
+    created = await create_document(authed_client)
 
     response = await authed_client.delete(f"/documents/{created['id']}")
 
     assert response.status_code == 204
     assert response.content == b""
     assert (await authed_client.get(f"/documents/{created['id']}")).status_code == 404
-    assert await db_session.scalar(select(func.count()).select_from(Document)) == 0
-    assert await db_session.scalar(select(func.count()).select_from(PendingObjectDeletion)) == 0
+    assert await count_rows(db_session) == 0
+    assert await count_rows(db_session, PendingObjectDeletion) == 0
     assert object_keys(s3_client, s3_bucket) == []
 
 
@@ -163,7 +149,7 @@ async def test_delete_by_another_owner_gets_403_and_keeps_everything(
     s3_client: S3Client,
     s3_bucket: str,
 ) -> None:
-    created = await create(authed_client)
+    created = await create_document(authed_client)
 
     response = await other_client.delete(f"/documents/{created['id']}")
 
@@ -175,7 +161,7 @@ async def test_delete_by_another_owner_gets_403_and_keeps_everything(
 async def test_delete_without_a_token_gets_401(
     authed_client: httpx.AsyncClient, client: httpx.AsyncClient
 ) -> None:
-    created = await create(authed_client)
+    created = await create_document(authed_client)
 
     response = await client.delete(f"/documents/{created['id']}")
 

@@ -7,14 +7,7 @@ import uuid
 import httpx
 import pytest
 
-
-async def create(client: httpx.AsyncClient, content: bytes = b"data", tags: str = "") -> str:
-    response = await client.post(
-        "/documents", files={"file": ("doc.txt", content, "text/plain")}, data={"tags": tags}
-    )
-    assert response.status_code == 201, response.text
-    document_id: str = response.json()["id"]
-    return document_id
+from tests.helpers import create_document
 
 
 async def walk_pages(client: httpx.AsyncClient, **params: str | int) -> list[list[str]]:
@@ -38,7 +31,7 @@ def flatten(pages: list[list[str]]) -> list[str]:
 async def test_metadata_of_a_document_is_public(
     authed_client: httpx.AsyncClient, client: httpx.AsyncClient
 ) -> None:
-    document_id = await create(authed_client, tags="a")
+    document_id = (await create_document(authed_client, tags="a"))["id"]
 
     response = await client.get(f"/documents/{document_id}")
 
@@ -79,7 +72,7 @@ async def test_a_malformed_id_gets_422(client: httpx.AsyncClient, bad_id: str) -
 async def test_pagination_walks_every_document_once_newest_first(
     authed_client: httpx.AsyncClient, client: httpx.AsyncClient
 ) -> None:
-    created = [await create(authed_client, f"doc {n}".encode()) for n in range(7)]
+    created = [(await create_document(authed_client, f"doc {n}".encode()))["id"] for n in range(7)]
 
     pages = await walk_pages(client, limit=3)
 
@@ -91,7 +84,7 @@ async def test_a_page_size_equal_to_the_total_has_no_next_cursor(
     authed_client: httpx.AsyncClient, client: httpx.AsyncClient
 ) -> None:
     for _ in range(3):
-        await create(authed_client)
+        await create_document(authed_client)
 
     response = await client.get("/documents", params={"limit": 3})
 
@@ -102,9 +95,9 @@ async def test_a_page_size_equal_to_the_total_has_no_next_cursor(
 async def test_owner_and_tag_filters_narrow_the_listing(
     authed_client: httpx.AsyncClient, other_client: httpx.AsyncClient, client: httpx.AsyncClient
 ) -> None:
-    alice_red = await create(authed_client, tags="red")
-    alice_blue = await create(authed_client, tags="blue")
-    bob_red = await create(other_client, tags="red,blue")
+    alice_red = (await create_document(authed_client, tags="red"))["id"]
+    alice_blue = (await create_document(authed_client, tags="blue"))["id"]
+    bob_red = (await create_document(other_client, tags="red,blue"))["id"]
 
     by_owner = await walk_pages(client, owner="alice", limit=1)
     by_tag = await walk_pages(client, tag="RED", limit=1)
@@ -139,7 +132,7 @@ async def test_bad_limit_cursor_or_tag_gets_422(
 async def test_a_range_request_gets_206_with_content_range(
     authed_client: httpx.AsyncClient,
 ) -> None:
-    document_id = await create(authed_client, b"0123456789")
+    document_id = (await create_document(authed_client, b"0123456789"))["id"]
 
     response = await authed_client.get(
         f"/documents/{document_id}/content", headers={"Range": "bytes=2-5"}
@@ -152,7 +145,7 @@ async def test_a_range_request_gets_206_with_content_range(
 
 
 async def test_a_suffix_range_returns_the_last_bytes(authed_client: httpx.AsyncClient) -> None:
-    document_id = await create(authed_client, b"0123456789")
+    document_id = (await create_document(authed_client, b"0123456789"))["id"]
 
     response = await authed_client.get(
         f"/documents/{document_id}/content", headers={"Range": "bytes=-3"}
@@ -163,7 +156,7 @@ async def test_a_suffix_range_returns_the_last_bytes(authed_client: httpx.AsyncC
 
 
 async def test_a_range_past_the_end_gets_416(authed_client: httpx.AsyncClient) -> None:
-    document_id = await create(authed_client, b"0123456789")
+    document_id = (await create_document(authed_client, b"0123456789"))["id"]
 
     response = await authed_client.get(
         f"/documents/{document_id}/content", headers={"Range": "bytes=10-20"}

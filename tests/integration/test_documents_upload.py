@@ -3,38 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api import Settings
 from api.models import Document, Tag
+from tests.helpers import count_rows, object_keys, upload
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-
-
-async def document_rows(db_session: AsyncSession) -> int:
-    return await db_session.scalar(select(func.count()).select_from(Document)) or 0
-
-
-def object_keys(s3_client: S3Client, bucket: str) -> list[str]:
-    listing = s3_client.list_objects_v2(Bucket=bucket)
-    return [item["Key"] for item in listing.get("Contents", [])]
-
-
-async def upload(
-    client: httpx.AsyncClient,
-    content: bytes,
-    filename: str = "report.txt",
-    content_type: str = "text/plain",
-    **data: Any,
-) -> httpx.Response:
-    return await client.post(
-        "/documents", files={"file": (filename, content, content_type)}, data=data
-    )
 
 
 async def test_upload_then_download_returns_the_same_bytes(
@@ -69,7 +48,7 @@ async def test_upload_records_metadata_row_with_normalised_tags(
     row = await db_session.get(Document, created.json()["id"])
     assert row is not None
     assert row.storage_key == f"documents/{row.id}"
-    assert await db_session.scalar(select(func.count()).select_from(Tag)) == 2
+    assert await count_rows(db_session, Tag) == 2
 
 
 async def test_repeated_tags_fields_are_all_kept(authed_client: httpx.AsyncClient) -> None:
@@ -118,7 +97,7 @@ async def test_a_file_over_the_limit_gets_413_and_leaves_no_row_and_no_object(
 
     assert response.status_code == 413
     assert "detail" in response.json()
-    assert await document_rows(db_session) == 0
+    assert await count_rows(db_session) == 0
     assert object_keys(s3_client, s3_bucket) == []
 
 
@@ -134,7 +113,7 @@ async def test_a_declared_content_length_far_over_the_limit_is_refused_up_front(
     response = await upload(authed_client, content)
 
     assert response.status_code == 413
-    assert await document_rows(db_session) == 0
+    assert await count_rows(db_session) == 0
     assert object_keys(s3_client, s3_bucket) == []
 
 
@@ -157,7 +136,7 @@ async def test_an_empty_file_gets_422_and_stores_nothing(
 
     assert response.status_code == 422
     assert "empty" in response.json()["detail"]
-    assert await document_rows(db_session) == 0
+    assert await count_rows(db_session) == 0
     assert object_keys(s3_client, s3_bucket) == []
 
 
@@ -171,7 +150,7 @@ async def test_invalid_tags_get_422_and_store_nothing(
 
     assert response.status_code == 422
     assert "invalid tag" in response.json()["detail"]
-    assert await document_rows(db_session) == 0
+    assert await count_rows(db_session) == 0
     assert object_keys(s3_client, s3_bucket) == []
 
 
@@ -194,7 +173,7 @@ async def test_upload_without_a_token_gets_401(
 
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
-    assert await document_rows(db_session) == 0
+    assert await count_rows(db_session) == 0
 
 
 async def test_upload_with_an_unknown_token_gets_401(client: httpx.AsyncClient) -> None:

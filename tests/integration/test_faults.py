@@ -10,42 +10,37 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from api import Settings, create_app
 from api.deps import get_session
-from api.models import Document
 from api.storage import make_s3_client
-from tests.harness import contract
-from tests.harness.fixtures import TOKENS
-from tests.harness.janitor import migrate
-from tests.harness.services import start_embedded_services
+from tests.app_adapter import TOKENS, settings_for
+from tests.harness.config import HarnessConfig, RunTargets, embedded_settings, resolve_config
+from tests.harness.embedded.launcher import start_embedded_services
+from tests.harness.embedded.procs import free_port
+from tests.harness.sandbox import sandbox
+from tests.helpers import alive, bearer, children_of, count_rows, object_keys, wait_until
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 REQUEST_DEADLINE_S = 10.0
-ALICE = {"Authorization": f"Bearer {TOKENS['alice']}"}
+ALICE = bearer(TOKENS["alice"])
 
 
 def closed_port() -> int:
     """A loopback port that was free a moment ago and that nothing listens on now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    return free_port()
 
 
 @asynccontextmanager
@@ -77,14 +72,6 @@ async def within_deadline(request: Coroutine[Any, Any, httpx.Response]) -> httpx
     return response
 
 
-async def document_rows(db_session: AsyncSession) -> int:
-    return await db_session.scalar(select(func.count()).select_from(Document)) or 0
-
-
-def object_keys(s3_client: S3Client, bucket: str) -> list[str]:
-    return [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket).get("Contents", [])]
-
-
 def assert_no_stack_trace(response: httpx.Response) -> None:
     assert response.headers["content-type"].startswith("application/json")
     assert "Traceback" not in response.text
@@ -107,7 +94,7 @@ async def test_an_upload_while_s3_is_unreachable_gets_503_naming_storage_and_wri
     assert response.status_code == 503, response.text
     assert "storage" in response.json()["detail"]
     assert_no_stack_trace(response)
-    assert await document_rows(db_session) == 0
+    assert await count_rows(db_session) == 0
 
 
 async def test_health_while_s3_is_unreachable_gets_503_naming_storage(
@@ -145,8 +132,7 @@ async def test_a_download_while_s3_is_unreachable_gets_503_naming_storage(
 
 
 def without_database(settings: Settings) -> Settings:
-    url = contract.resolve_database_url().url
-    assert url is not None
+    url = settings.database_url
     host_port = url.rsplit("@", 1)[1].split("/", 1)[0]
     return settings.model_copy(
         update={"database_url": url.replace(host_port, f"127.0.0.1:{closed_port()}")}
@@ -234,7 +220,7 @@ async def test_a_database_failure_after_the_object_upload_deletes_the_object_aga
     assert "refused by the fault test" not in response.text
     assert_no_stack_trace(response)
     assert object_keys(s3_client, s3_bucket) == []
-    assert await document_rows(db_session) == 0
+    assert await count_rows(db_session) == 0
     trigger = await db_session.scalar(
         text("SELECT count(*) FROM pg_trigger WHERE tgname = 'refuse_documents'")
     )
@@ -244,62 +230,17 @@ async def test_a_database_failure_after_the_object_upload_deletes_the_object_aga
 # ---------------------------------------------------------------- PostgreSQL killed mid-run
 
 
-def _stat(pid: int) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command name, or None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()
-
-
-def children_of(parent: int) -> set[int]:
-    """Pids whose parent is `parent` (the postmaster's backends and auxiliary processes)."""
-    children = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _stat(int(entry.name))
-            if fields is not None and int(fields[1]) == parent:  # state, ppid
-                children.add(int(entry.name))
-    return children
-
-
-def alive(pids: set[int]) -> set[int]:
-    """The pids that still run (a zombie waiting to be reaped does not count)."""
-    return {pid for pid in pids if (fields := _stat(pid)) is not None and fields[0] != "Z"}
-
-
-def wait_until(condition: Callable[[], bool], deadline_s: float, what: str) -> None:
-    """Poll a condition until it holds, failing at the deadline."""
-    end = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > end:
-            pytest.fail(f"{what} did not happen within {deadline_s} s")
-        time.sleep(0.02)
-
-
 @contextmanager
-def private_services() -> Iterator[tuple[Settings, int, int]]:
-    """Own PostgreSQL + S3 for this test: (settings, postmaster pid, S3 server pid)."""
-    running = start_embedded_services(report=None)
+def private_services(harness_config: HarnessConfig) -> Iterator[tuple[HarnessConfig, int, int]]:
+    """Own PostgreSQL + S3 for this test, with the embedded defaults (none of the run's
+    overrides): (their configuration, the postmaster's pid, the S3 server's pid)."""
+    project = harness_config.project
+    running = start_embedded_services(embedded_settings(project, {}), report=None)
     try:
-        assert running.postgres is not None and running.postgres.proc is not None
         assert running.s3 is not None and running.s3.proc is not None
-        url = contract.resolve_database_url(running.env).url
-        s3 = contract.resolve_s3(running.env)
-        assert url is not None
-        settings = Settings(
-            database_url=url,
-            database_schema="faults",
-            s3_endpoint_url=s3.endpoint_url,
-            s3_region=s3.region,
-            s3_access_key=s3.access_key,
-            s3_secret_key=s3.secret_key,
-            s3_bucket="faults",
-            api_tokens=TOKENS,
-            max_upload_bytes=1024 * 1024,
-        )
-        yield settings, running.postgres.proc.pid, running.s3.proc.pid
+        assert running.postgres.proc is not None
+        config = resolve_config(project, running.env, run_id=harness_config.run_id)
+        yield config, running.postgres.proc.pid, running.s3.proc.pid
     finally:
         started = time.monotonic()
         running.stop()
@@ -308,21 +249,18 @@ def private_services() -> Iterator[tuple[Settings, int, int]]:
         assert not running.run.path.exists(), "the run directory was left behind"
 
 
-async def prepare(settings: Settings) -> None:
-    engine = create_async_engine(settings.database_url, poolclass=NullPool)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("CREATE SCHEMA faults"))
-            await conn.execute(text("SET LOCAL search_path = faults"))
-            await conn.run_sync(migrate)
-    finally:
-        await engine.dispose()
-    await asyncio.to_thread(make_s3_client(settings).create_bucket, Bucket=settings.s3_bucket)
+async def kept_sandbox(config: HarnessConfig) -> RunTargets:
+    """A migrated schema and a bucket on the private services that outlive the block: the
+    server is killed mid-test, so nothing could drop them after; stop() removes it whole."""
+    async with sandbox(config, "faults", keep=True) as run:
+        return run
 
 
-async def test_killing_postgresql_mid_run_gives_quick_503s_and_a_clean_teardown() -> None:
-    with private_services() as (settings, postmaster, s3_pid):
-        await prepare(settings)
+async def test_killing_postgresql_mid_run_gives_quick_503s_and_a_clean_teardown(
+    harness_config: HarnessConfig,
+) -> None:
+    with private_services(harness_config) as (config, postmaster, s3_pid):
+        settings = settings_for(await kept_sandbox(config))
         async with client_of(settings) as client:
             created = await within_deadline(
                 client.post("/documents", files={"file": ("a.txt", b"before the crash")})
@@ -359,10 +297,8 @@ async def test_killing_postgresql_mid_run_gives_quick_503s_and_a_clean_teardown(
             assert health.json()["storage"] == "ok"
             # The failed upload's object was compensated; only the first document's remains.
             keys = await asyncio.to_thread(
-                make_s3_client(settings).list_objects_v2, Bucket=settings.s3_bucket
+                object_keys, make_s3_client(settings), settings.s3_bucket
             )
-            assert [o["Key"] for o in keys.get("Contents", [])] == [
-                f"documents/{created.json()['id']}"
-            ]
+            assert keys == [f"documents/{created.json()['id']}"]
     assert not alive({s3_pid}), "the S3 server survived stop()"
     assert not alive(postgres_processes), "a postgres process survived stop()"

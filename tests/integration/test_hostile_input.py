@@ -19,16 +19,18 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api import Settings
 from api.models import Document, PendingObjectDeletion, Tag
+from tests.app_adapter import TOKENS
+from tests.helpers import count_rows, create_document, object_keys
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-ALICE_TOKEN = "alice-test-token"
+ALICE_TOKEN = TOKENS["alice"]
+ORIGINAL = b"original"  # the content of the document a hostile request must leave alone
 BOUNDARY = "hostile-boundary-7f3a"
 
 
@@ -46,15 +48,11 @@ class Stored:
 
 
 async def stored(db_session: AsyncSession, s3_client: S3Client, bucket: str) -> Stored:
-    async def count(model: type[Any]) -> int:
-        return await db_session.scalar(select(func.count()).select_from(model)) or 0
-
-    listing = s3_client.list_objects_v2(Bucket=bucket)
     return Stored(
-        documents=await count(Document),
-        tags=await count(Tag),
-        outbox=await count(PendingObjectDeletion),
-        objects=tuple(sorted(item["Key"] for item in listing.get("Contents", []))),
+        documents=await count_rows(db_session, Document),
+        tags=await count_rows(db_session, Tag),
+        outbox=await count_rows(db_session, PendingObjectDeletion),
+        objects=tuple(sorted(object_keys(s3_client, bucket))),
     )
 
 
@@ -65,15 +63,6 @@ def assert_json_client_error(response: httpx.Response, *expected: int) -> None:
     assert response.status_code in expected, (response.status_code, response.text)
     assert response.headers["content-type"].startswith("application/json")
     assert "detail" in response.json()
-
-
-async def create_document(client: httpx.AsyncClient, tags: str = "keep") -> dict[str, Any]:
-    response = await client.post(
-        "/documents", files={"file": ("orig.txt", b"original", "text/plain")}, data={"tags": tags}
-    )
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 def part(
@@ -106,16 +95,16 @@ async def chunked(body: bytes, chunk: int = 64 * 1024) -> AsyncIterator[bytes]:
 
 BAD_AUTHORIZATION: dict[str, bytes | None] = {
     "no-header": None,
-    "basic-scheme": b"Basic " + base64.b64encode(b"alice:alice-test-token"),
+    "basic-scheme": b"Basic " + base64.b64encode(b"alice:" + ALICE_TOKEN.encode()),
     "token-scheme": b"Token " + ALICE_TOKEN.encode(),
     "bearer-without-token": b"Bearer",
     "empty-bearer": b"Bearer ",
     "unknown-token": b"Bearer not-a-real-token",
-    "token-with-inner-space": b"Bearer alice-test token",
+    "token-with-inner-space": b"Bearer " + ALICE_TOKEN.replace("-token", " token").encode(),
     "token-with-suffix": b"Bearer " + ALICE_TOKEN.encode() + b" x",
     "token-prefix-only": b"Bearer " + ALICE_TOKEN[:-1].encode(),
     "unicode-token": "Bearer alicé-tøken-🙂".encode(),
-    "unicode-lookalike-token": "Bearer \u0430lice-test-token".encode(),  # Cyrillic a
+    "unicode-lookalike-token": ("Bearer \u0430" + ALICE_TOKEN[1:]).encode(),  # Cyrillic a
     "very-long-token": b"Bearer " + b"A" * 8000,
 }
 
@@ -150,7 +139,7 @@ async def test_patch_or_delete_with_a_bad_token_gets_401_and_changes_nothing(
     method: str,
     authorization: bytes | None,
 ) -> None:
-    created = await create_document(authed_client)
+    created = await create_document(authed_client, ORIGINAL, tags="keep")
     before = await stored(db_session, s3_client, s3_bucket)
     headers = {b"If-Match": b"1"}
     if authorization is not None:
@@ -187,7 +176,7 @@ async def test_patch_by_another_owner_gets_403_before_any_precondition_and_chang
     body: dict[str, Any],
     headers: dict[str, str],
 ) -> None:
-    created = await create_document(authed_client)
+    created = await create_document(authed_client, ORIGINAL, tags="keep")
     before = await stored(db_session, s3_client, s3_bucket)
 
     response = await other_client.patch(f"/documents/{created['id']}", json=body, headers=headers)
@@ -204,7 +193,7 @@ async def test_delete_by_another_owner_gets_403_and_leaves_row_object_and_outbox
     s3_client: S3Client,
     s3_bucket: str,
 ) -> None:
-    created = await create_document(authed_client)
+    created = await create_document(authed_client, ORIGINAL, tags="keep")
     before = await stored(db_session, s3_client, s3_bucket)
 
     response = await other_client.delete(f"/documents/{created['id']}")
@@ -213,7 +202,7 @@ async def test_delete_by_another_owner_gets_403_and_leaves_row_object_and_outbox
     assert before.objects == (f"documents/{created['id']}",)
     assert await stored(db_session, s3_client, s3_bucket) == before
     content = await authed_client.get(f"/documents/{created['id']}/content")
-    assert content.content == b"original"
+    assert content.content == ORIGINAL
 
 
 # ---------------------------------------------------------------- oversize and empty uploads
@@ -359,7 +348,7 @@ async def test_a_malformed_document_id_gets_422_or_404_and_touches_nothing(
     suffix: str,
     bad_id: str,
 ) -> None:
-    await create_document(authed_client)
+    await create_document(authed_client, ORIGINAL, tags="keep")
     before = await stored(db_session, s3_client, s3_bucket)
     body = {"filename": "x.txt"} if method == "PATCH" else None
 
@@ -374,7 +363,7 @@ async def test_a_malformed_document_id_gets_422_or_404_and_touches_nothing(
 async def test_a_raw_path_traversal_id_never_reaches_another_route(
     authed_client: httpx.AsyncClient, db_session: AsyncSession, s3_client: S3Client, s3_bucket: str
 ) -> None:
-    await create_document(authed_client)
+    await create_document(authed_client, ORIGINAL, tags="keep")
     before = await stored(db_session, s3_client, s3_bucket)
     # httpx would normalise "../"; send the raw path as a hostile client can.
     request = authed_client.build_request("DELETE", "http://test/documents/x")
@@ -428,7 +417,7 @@ async def test_a_patch_with_a_hostile_tag_gets_422_and_changes_nothing(
     s3_bucket: str,
     tag: str,
 ) -> None:
-    created = await create_document(authed_client)
+    created = await create_document(authed_client, ORIGINAL, tags="keep")
     before = await stored(db_session, s3_client, s3_bucket)
 
     response = await authed_client.patch(
@@ -562,7 +551,7 @@ async def test_header_injection_through_a_raw_filename_stays_inside_the_body(
 async def test_a_hostile_filename_given_to_patch_is_sanitised_too(
     authed_client: httpx.AsyncClient, filename: str
 ) -> None:
-    created = await create_document(authed_client)
+    created = await create_document(authed_client, ORIGINAL, tags="keep")
 
     response = await authed_client.patch(
         f"/documents/{created['id']}", json={"filename": filename}, headers={"If-Match": "1"}

@@ -33,11 +33,14 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from api import Settings, create_app
-from tests.harness.fixtures import TOKENS
+from api import Settings
+from tests.app_adapter import TOKENS, create_app
+from tests.harness.config import RunTargets
+from tests.harness.contract import S3Target
+from tests.helpers import bearer, create_document
 
 MAX_EXAMPLES = 25
-ALICE = {"Authorization": f"Bearer {TOKENS['alice']}"}
+ALICE = bearer(TOKENS["alice"])
 CHECKS: list[CheckFunction] = [
     not_a_server_error,
     status_code_conformance,
@@ -48,13 +51,16 @@ CHECKS: list[CheckFunction] = [
 
 def _operation_labels() -> list[str]:
     """The operations of the OpenAPI document, read at collection time (nothing connects)."""
+    nowhere = S3Target(
+        endpoint_url=None,
+        access_key="collect",
+        secret_key="collect",
+        region="us-east-1",
+        source="collection",
+    )
     offline = create_app(
-        Settings(
-            database_url="postgresql+asyncpg://collect@127.0.0.1:9/collect",
-            s3_access_key="collect",
-            s3_secret_key="collect",
-            s3_bucket="collect",
-            api_tokens={"collect": "collect"},
+        RunTargets(
+            "postgresql+asyncpg://collect@127.0.0.1:9/collect", "collect", nowhere, "collect"
         )
     )
     return labels(schemathesis.openapi.from_dict(offline.openapi()))
@@ -111,15 +117,6 @@ def _as_httpx_request(
     return prepared.method, prepared.url, headers, body
 
 
-async def _alices_document(client: httpx.AsyncClient) -> str:
-    created = await client.post(
-        "/documents", files={"file": ("f.txt", b"fuzz target", "text/plain")}, data={"tags": "t"}
-    )
-    assert created.status_code == 201, created.text
-    document_id: str = created.json()["id"]
-    return document_id
-
-
 @pytest.mark.parametrize("label", OPERATIONS)
 @hypothesis.settings(
     max_examples=MAX_EXAMPLES,
@@ -145,7 +142,8 @@ async def test_operation_never_fails_on_the_server_and_conforms_to_its_schema(
     mode = data.draw(st.sampled_from([GenerationMode.POSITIVE, GenerationMode.NEGATIVE]))
     path_parameters = None
     if "{document_id}" in path and data.draw(st.booleans(), label="existing document"):
-        path_parameters = {"document_id": await _alices_document(authed_client)}
+        target = await create_document(authed_client, b"fuzz target", tags="t")
+        path_parameters = {"document_id": target["id"]}
     case = data.draw(operation.as_strategy(mode, path_parameters=path_parameters))
     kwargs = case.as_transport_kwargs(base_url="http://test", headers=ALICE)
     try:

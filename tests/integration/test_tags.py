@@ -9,20 +9,14 @@ from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.queries import tags_with_counts
-
-
-async def create(client: httpx.AsyncClient, tags: str) -> None:
-    response = await client.post(
-        "/documents", files={"file": ("doc.txt", b"x", "text/plain")}, data={"tags": tags}
-    )
-    assert response.status_code == 201, response.text
+from tests.helpers import create_document
 
 
 @pytest.fixture
 async def tagged_documents(authed_client: httpx.AsyncClient) -> None:
-    await create(authed_client, "common,pair,single")
-    await create(authed_client, "common,pair")
-    await create(authed_client, "common")
+    await create_document(authed_client, b"x", tags="common,pair,single")
+    await create_document(authed_client, b"x", tags="common,pair")
+    await create_document(authed_client, b"x", tags="common")
 
 
 async def test_tags_lists_every_used_tag_with_its_document_count(
@@ -55,10 +49,8 @@ async def test_min_count_above_every_count_gives_an_empty_list(
 async def test_tags_of_deleted_documents_no_longer_count(
     authed_client: httpx.AsyncClient, client: httpx.AsyncClient
 ) -> None:
-    created = await authed_client.post(
-        "/documents", files={"file": ("a.txt", b"x")}, data={"tags": "gone"}
-    )
-    await authed_client.delete(f"/documents/{created.json()['id']}")
+    created = await create_document(authed_client, b"x", tags="gone")
+    await authed_client.delete(f"/documents/{created['id']}")
 
     assert (await client.get("/tags")).json() == []
 

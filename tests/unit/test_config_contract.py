@@ -1,7 +1,8 @@
-"""Config contract: tox.ini's containers, the variable table and the docs agree.
+"""Config contract: this repo's tox.ini, the harness's variable table and the docs agree.
 
 CI here cannot start containers, so these tests keep the Docker path correct by
-construction: pinned images, health checks, and one set of variable names.
+construction: pinned images, health checks, one set of variable names, and credentials
+that come from the [tool.harness] table (through toxfile.py), never written into tox.ini.
 """
 
 from __future__ import annotations
@@ -13,9 +14,22 @@ from pathlib import Path
 import pytest
 
 from tests.harness import contract
+from tests.harness.project import load_project
 
 ROOT = Path(__file__).resolve().parents[2]
+PROJECT = load_project(ROOT / "pyproject.toml")
 DOCKER_SECTIONS = ("docker:postgres", "docker:minio")
+SERVICE_NAMES = {variable.name for variable in contract.SERVICE_VARIABLES}
+CREDENTIAL_NAMES = {
+    variable.name
+    for variable in (
+        contract.POSTGRES_USER,
+        contract.POSTGRES_PASSWORD,
+        contract.POSTGRES_DB,
+        contract.MINIO_ROOT_USER,
+        contract.MINIO_ROOT_PASSWORD,
+    )
+}
 
 
 def _tox_ini() -> configparser.ConfigParser:
@@ -73,51 +87,80 @@ def test_postgres_health_check_goes_over_tcp() -> None:
     assert "-h 127.0.0.1" in _tox_ini()["docker:postgres"]["healthcheck_cmd"]
 
 
-def test_exposed_variables_are_exactly_the_ones_the_conftest_reads() -> None:
+def test_exposed_variables_are_exactly_the_service_variables_of_the_contract() -> None:
     ini = _tox_ini()
     exported = set()
     for section in DOCKER_SECTIONS:
         exported |= {line.split("=", 1)[0] for line in _lines(ini[section]["expose"])}
         exported.add(ini[section]["host_var"].strip())
-    assert exported == set(contract.SERVICE_VARIABLES)
+    assert exported == SERVICE_NAMES
 
 
 def test_the_service_variables_alone_are_enough_and_each_is_needed() -> None:
-    env = {name: "1" for name in contract.SERVICE_VARIABLES}
-    assert contract.resolve_database_url(env).url is not None
-    assert contract.resolve_s3(env).endpoint_url is not None
-    for name in contract.SERVICE_VARIABLES:
+    env = dict.fromkeys(SERVICE_NAMES, "1")
+    assert contract.resolve_database(PROJECT, env).url is not None
+    assert contract.resolve_s3(PROJECT, env).endpoint_url is not None
+    for name in SERVICE_NAMES:
         partial = {k: v for k, v in env.items() if k != name}
         resolved = (
-            contract.resolve_database_url(partial).url,
-            contract.resolve_s3(partial).endpoint_url,
+            contract.resolve_database(PROJECT, partial).url,
+            contract.resolve_s3(PROJECT, partial).endpoint_url,
         )
         assert None in resolved, f"{name} is exported but not needed"
 
 
-def test_credentials_agree_between_containers_tests_and_the_contract() -> None:
+def test_tox_ini_holds_no_credential_literal() -> None:
+    # Their one home is the [tool.harness] table; toxfile.py exports them from it.
+    text = (ROOT / "tox.ini").read_text()
+    creds = PROJECT.credentials
+    for secret in (creds.pg_user, creds.pg_password, creds.pg_database):
+        assert secret not in text, secret
+    for secret in (creds.s3_access_key, creds.s3_secret_key):
+        assert secret not in text, secret
+
+
+@pytest.mark.parametrize(
+    ("section", "names"),
+    [
+        ("docker:postgres", ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")),
+        ("docker:minio", ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")),
+    ],
+)
+def test_containers_take_the_credentials_from_the_exported_variables(
+    section: str, names: tuple[str, ...]
+) -> None:
     ini = _tox_ini()
-    set_env = _kv(ini["test_services"]["set_env"], ini)
-    for name, value in set_env.items():
-        assert contract.BY_NAME[name].default == value, name
-    pg = _kv(ini["docker:postgres"]["environment"], ini)
-    assert {k: pg[k] for k in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")} == {
-        k: set_env[k] for k in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")
-    }
-    minio = _kv(ini["docker:minio"]["environment"], ini)
-    assert minio == {k: set_env[k] for k in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")}
+    assert _kv(ini[section]["environment"], ini) == {name: f"{{env:{name}}}" for name in names}
+
+
+def test_the_tests_get_the_same_credential_variables_as_the_containers() -> None:
+    ini = _tox_ini()
+    set_env = _kv(ini["testenv"]["set_env"], ini)
+    for name in CREDENTIAL_NAMES:
+        assert set_env.get(name) == f"{{env:{name}}}", name
 
 
 @pytest.mark.parametrize("env", ["testenv:integration", "testenv:integration-embedded"])
-def test_both_integration_envs_give_the_tests_the_same_credentials(env: str) -> None:
-    assert "{[test_services]set_env}" in _tox_ini()[env]["set_env"]
+def test_both_integration_envs_keep_the_base_set_env(env: str) -> None:
+    section = _tox_ini()[env]
+    if "set_env" in section:  # an own set_env replaces the base one unless it includes it
+        assert "{[testenv]set_env}" in section["set_env"]
+
+
+def test_toxfile_exports_every_credential_variable_tox_ini_substitutes() -> None:
+    text = (ROOT / "tox.ini").read_text()
+    substituted = set(re.findall(r"\{env:([A-Z_]+)\}", text)) & CREDENTIAL_NAMES
+    assert substituted == CREDENTIAL_NAMES
+    toxfile = (ROOT / "toxfile.py").read_text()
+    for name in substituted:
+        assert f'"{name}":' in toxfile, f"toxfile.py does not export {name}"
 
 
 def test_set_env_never_substitutes_tox_docker_variables() -> None:
     # set_env is read before the containers start: {env:POSTGRES_PORT} would be empty.
     for section in _tox_ini().values():
         value = section.get("set_env", "")
-        for name in contract.SERVICE_VARIABLES:
+        for name in SERVICE_NAMES:
             assert f"{{env:{name}" not in value
 
 

@@ -1,0 +1,107 @@
+"""A PostgreSQL cluster's data directory: the server settings, initdb's arguments, the
+template cache key, a fast copy owned by the server user, and freeing a killed server's
+shared memory."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from ..project import Credentials
+from .procs import RunAs
+
+IPC_RMID = 0
+_LIBC = ctypes.CDLL(None, use_errno=True)
+SUPERUSER = "postgres"
+# Bump when the template's contents change, so stale caches are not reused.
+TEMPLATE_FORMAT = "1"
+SETTINGS = {
+    # Test data is disposable: never wait for the disk.
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    # DSM segments as files in the data dir, not /dev/shm/PostgreSQL.*: a postmaster killed
+    # by SIGKILL cannot remove them, and removing the run dir then frees them.
+    "dynamic_shared_memory_type": "mmap",
+}
+INITDB_ARGS = (
+    "--no-sync",
+    "-E",
+    "UTF8",
+    "--locale=C",
+    "-U",
+    SUPERUSER,
+    "--auth-local=trust",  # the harness bootstraps over its private Unix socket
+    "--auth-host=scram-sha-256",  # tests log in over TCP with a password, as with Docker
+)
+
+
+def template_key(version_line: str, creds: Credentials) -> str:
+    password_hash = hashlib.sha256(creds.pg_password.encode()).hexdigest()
+    fields = (TEMPLATE_FORMAT, version_line, creds.pg_user, creds.pg_database, password_hash)
+    return hashlib.sha256("\n".join(fields).encode()).hexdigest()[:16]
+
+
+def server_args(datadir: Path, port: int, listen: str, socket_dir: Path) -> list[str]:
+    settings = {
+        **SETTINGS,
+        "port": str(port),
+        "listen_addresses": listen,
+        "unix_socket_directories": str(socket_dir),
+    }
+    args = ["-D", str(datadir)]
+    for name, value in settings.items():
+        args += ["-c", f"{name}={value}"]
+    return args
+
+
+def copy_cluster(src: Path, dst: Path, run_as: RunAs | None) -> None:
+    """Copy a stopped cluster's data dir, owned by the server user.
+
+    copy2's per-file stat/utime/chmod made this ~2.5x slower for the ~1300 small files.
+    """
+
+    def copy_file(src_file: str, dst_file: str) -> str:
+        fin = os.open(src_file, os.O_RDONLY)
+        try:
+            fout = os.open(dst_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                if run_as:
+                    os.fchown(fout, run_as.uid, run_as.gid)
+                size, offset = os.fstat(fin).st_size, 0
+                while offset < size:
+                    sent = os.sendfile(fout, fin, offset, size - offset)
+                    if sent == 0:
+                        break
+                    offset += sent
+            finally:
+                os.close(fout)
+        finally:
+            os.close(fin)
+        return dst_file
+
+    shutil.copytree(src, dst, symlinks=True, copy_function=copy_file)
+    if run_as:
+        for root, dirs, _ in os.walk(dst):
+            for name in [".", *dirs]:
+                os.chown(os.path.join(root, name), run_as.uid, run_as.gid)
+
+
+def release_shared_memory(datadir: Path) -> None:
+    """Free the small SysV segment of a postmaster that died without shutting down (SIGKILL):
+    normally the next start in the same data dir would, but the data dir is about to go."""
+    try:
+        key, shmid = (
+            int(x) for x in (datadir / "postmaster.pid").read_text().split("\n")[6].split()
+        )
+        rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    except (OSError, IndexError, ValueError):
+        return
+    for row in rows:
+        fields = row.split()
+        # nattch (field 7) == 0: no process of that server is still attached.
+        if fields[:2] == [str(key), str(shmid)] and fields[6] == "0":
+            _LIBC.shmctl(shmid, IPC_RMID, None)

@@ -1,0 +1,241 @@
+"""The PostgreSQL server of a run: initdb and postgres driven directly, a cached cluster
+template for fast starts, and readiness as a real TCP login with the test credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+import asyncpg
+
+from ..config import EmbeddedSettings
+from ..project import Credentials
+from .pg_binaries import PgBinaries, configured_bindir, ensure_cache_dir, locate_binaries
+from .pg_cluster import (
+    INITDB_ARGS,
+    SUPERUSER,
+    copy_cluster,
+    release_shared_memory,
+    server_args,
+    template_key,
+)
+from .procs import (
+    Readiness,
+    ServiceStartError,
+    free_port,
+    log_tail,
+    spawn,
+    stop_process,
+    wait_until_ready,
+)
+from .rundir import RunDir
+
+HOST = "127.0.0.1"
+
+
+def quote_ident(name: str) -> str:
+    if not name or "\0" in name:
+        raise ValueError(f"invalid SQL identifier {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """A string literal; valid because standard_conforming_strings is on (the default)."""
+    if "\0" in value:
+        raise ValueError("a SQL literal cannot contain NUL")
+    return "'" + value.replace("'", "''") + "'"
+
+
+async def bootstrap_roles(socket_dir: Path, port: int, creds: Credentials) -> None:
+    """As superuser over the Unix socket: the test user and its database. Idempotent."""
+    conn = await asyncpg.connect(
+        host=str(socket_dir), port=port, user=SUPERUSER, database="postgres", timeout=2
+    )
+    try:
+        user, password = quote_ident(creds.pg_user), quote_literal(creds.pg_password)
+        if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", creds.pg_user):
+            await conn.execute(f"ALTER ROLE {user} LOGIN PASSWORD {password}")
+        else:
+            await conn.execute(f"CREATE ROLE {user} LOGIN CREATEDB PASSWORD {password}")
+        database = creds.pg_database
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+            await conn.execute(f"CREATE DATABASE {quote_ident(database)} OWNER {user}")
+    finally:
+        await conn.close()
+
+
+async def _login_over_tcp(port: int, creds: Credentials) -> None:
+    conn = await asyncpg.connect(
+        host=HOST,
+        port=port,
+        user=creds.pg_user,
+        password=creds.pg_password,
+        database=creds.pg_database,
+        timeout=2,
+    )
+    try:
+        await conn.fetchval("SELECT 1")
+    finally:
+        await conn.close()
+
+
+class PostgresServer:
+    """One PostgreSQL server in a run dir: prepare() and spawn() on the main thread,
+    wait_ready() on any thread, stop() always."""
+
+    name = "postgres"
+
+    def __init__(
+        self,
+        run: RunDir,
+        settings: EmbeddedSettings,
+        *,
+        use_template: bool = True,
+        port_chooser: Callable[[], int] = free_port,
+        ready_probe: Callable[[], None] | None = None,
+        report: TextIO | None = sys.stderr,
+    ) -> None:
+        self.run = run
+        self.settings = settings
+        self.creds = settings.credentials
+        self.use_template = use_template
+        self.port_chooser = port_chooser
+        self.ready_probe = ready_probe
+        self.report = report
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.binaries: PgBinaries | None = None
+        self.origin = ""
+        self.started = 0.0
+        self.elapsed = 0.0
+        self._needs_bootstrap = False
+        self.datadir = run.path / "pg"
+        self.log = run.path / "postgres.log"
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def prepare(self) -> None:
+        self.started = time.monotonic()
+        self.binaries = locate_binaries(self.settings, self.run.run_as, self.report)
+        if self.use_template:
+            template = self._ensure_template(self.binaries)
+            copy_cluster(template / "data", self.datadir, self.run.run_as)
+            self.origin = "template"
+        else:
+            self._initdb(self.binaries, self.datadir)
+            self._needs_bootstrap = True
+            self.origin = "initdb"
+
+    def spawn(self) -> None:
+        assert self.binaries is not None, "prepare() first"
+        self.port = self.port_chooser()
+        argv = [
+            str(self.binaries.tool("postgres")),
+            *server_args(self.datadir, self.port, HOST, self.run.path),
+        ]
+        self.proc = spawn(argv, log_path=self.log, cwd=self.run.path, run_as=self.run.run_as)
+        self.run.add_child(self.proc, "postgres")
+
+    def wait_ready(self, deadline: float, timeout_s: float, cancel: threading.Event) -> None:
+        assert self.proc is not None, "spawn() first"
+        ready = Readiness(self.name, self.address, self.proc, [self.log], deadline, timeout_s)
+        wait_until_ready(ready, self.ready_probe or self._probe, cancel)
+        self.elapsed = time.monotonic() - self.started
+
+    def _probe(self) -> None:
+        if self._needs_bootstrap:
+            asyncio.run(bootstrap_roles(self.run.path, self.port, self.creds))
+            self._needs_bootstrap = False
+        asyncio.run(_login_over_tcp(self.port, self.creds))
+
+    def respawn(self) -> None:
+        self.stop()
+        self.spawn()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            # Fast shutdown takes ~15 ms and lets the backends exit cleanly.
+            stop_process(self.proc, signal.SIGINT)
+            release_shared_memory(self.datadir)
+
+    def ready_line(self) -> str:
+        version = self.binaries.version if self.binaries else "?"
+        return f"postgres {version} ready at {self.address} in {self.elapsed:.2f} s ({self.origin})"
+
+    def _initdb(self, binaries: PgBinaries, datadir: Path) -> None:
+        log = self.run.path / "initdb.log"
+        argv = [str(binaries.tool("initdb")), "-D", str(datadir), *INITDB_ARGS]
+        proc = spawn(argv, log_path=log, cwd=self.run.path, run_as=self.run.run_as)
+        if proc.wait() != 0:
+            raise ServiceStartError(
+                f"postgres: initdb of {datadir} failed with code {proc.returncode}.\n"
+                f"{log_tail([log])}"
+            )
+
+    def _ensure_template(self, binaries: PgBinaries) -> Path:
+        """An initdb'd cluster with the test user and database, built once per
+        version and credentials, then copied: ~65 ms instead of ~300 ms for initdb."""
+        cache = ensure_cache_dir(self.settings.cache_dir)
+        final = cache / f"pg-template-{template_key(binaries.version_line, self.creds)}"
+        if (final / "data").is_dir():
+            return final
+        build = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
+        try:
+            if self.run.run_as:
+                os.chown(build, self.run.run_as.uid, self.run.run_as.gid)
+            self._initdb(binaries, build / "data")
+            self._bootstrap_template(binaries, build / "data")
+            # Atomic: a concurrent run either sees no template or a complete one.
+            with contextlib.suppress(OSError):
+                os.rename(build, final)
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+        return final
+
+    def _bootstrap_template(self, binaries: PgBinaries, datadir: Path) -> None:
+        # No TCP listener: the port only names the Unix socket in the private run dir.
+        port = self.port_chooser()
+        log = self.run.path / "template.log"
+        argv = [str(binaries.tool("postgres")), *server_args(datadir, port, "", self.run.path)]
+        proc = spawn(argv, log_path=log, cwd=self.run.path, run_as=self.run.run_as)
+        self.run.add_child(proc, "postgres")
+        timeout_s = self.settings.timeout_s
+        try:
+            ready = Readiness(
+                "postgres (building the template)",
+                f"{self.run.path}/.s.PGSQL.{port}",
+                proc,
+                [log],
+                time.monotonic() + timeout_s,
+                timeout_s,
+            )
+            wait_until_ready(
+                ready,
+                lambda: asyncio.run(bootstrap_roles(self.run.path, port, self.creds)),
+                threading.Event(),
+            )
+        finally:
+            # A clean shutdown writes a checkpoint, so copies start without recovery.
+            stop_process(proc, signal.SIGINT)
+        if proc.returncode not in (0, -signal.SIGINT):
+            raise ServiceStartError(
+                f"postgres: building the template failed with code {proc.returncode}.\n"
+                f"{log_tail([log])}"
+            )
+
+
+def psql_path(settings: EmbeddedSettings, binaries: PgBinaries | None) -> Path:
+    return (binaries.bindir if binaries else configured_bindir(settings)[0]) / "psql"

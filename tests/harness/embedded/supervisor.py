@@ -1,0 +1,187 @@
+"""`run -- CMD`: run a command against fresh embedded services and always clean up.
+
+The command starts at once, with only the ready file's path added to its environment, and
+reads the service variables from that file once the launcher writes it (readiness.py); it
+is never restarted. With `--after-ready` it starts only then, with every variable in its
+environment, for commands that know nothing of the ready file (psql, a shell script).
+Exit codes: the command's own; 128+N after signal N (130 SIGINT, 143 SIGTERM); 3 when a
+service cannot start; 127 when the command cannot be run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from types import FrameType
+from typing import TextIO
+
+from ..config import EmbeddedSettings
+from .launcher import RunningServices, create_embedded_services
+from .procs import (
+    HarnessSetupError,
+    ServiceStartError,
+    exit_status,
+    free_port,
+    signals_blocked,
+    stop_process,
+)
+from .readiness import mark_ready
+
+CHILD_GRACE_S = 3.0  # for the child to exit after SIGTERM (or the signal it already had)
+EXIT_CANNOT_START = 3
+EXIT_CANNOT_RUN = 127
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _CannotRun(Exception):
+    pass
+
+
+def _terminal_already_signalled_child() -> bool:
+    """A terminal's Ctrl-C reaches the whole foreground process group, child included;
+    forwarding it again would interrupt the child's own cleanup."""
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError):
+        return False
+
+
+class _Child:
+    """The wrapped command, started once and never restarted."""
+
+    def __init__(self, cmd: Sequence[str]) -> None:
+        self.cmd = list(cmd)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.received: list[int] = []
+        # Until the child owns the outcome, a signal also stops the launcher's own work.
+        self.handed_over = False
+        self._starting = False
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Forward SIGINT/SIGTERM to the child; before the hand-over, also stop the launch."""
+        self.received.append(signum)
+        if (
+            self.proc is not None
+            and self.proc.poll() is None
+            and not (signum == signal.SIGINT and _terminal_already_signalled_child())
+        ):
+            self.proc.send_signal(signum)
+        if not (self.handed_over or self._starting):
+            raise _Interrupted(signum)
+
+    def start(self, added: Mapping[str, str]) -> None:
+        self._starting = True  # raising inside Popen could lose track of the process
+        try:
+            self.proc = subprocess.Popen(self.cmd, env={**os.environ, **added})
+        except OSError as exc:
+            raise _CannotRun(f"cannot run {shlex.join(self.cmd)}: {exc}") from None
+        finally:
+            self._starting = False
+        if self.received:  # a signal came while the child was being started
+            self.proc.send_signal(self.received[0])
+            if not self.handed_over:
+                raise _Interrupted(self.received[0])
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a grace; first a grace if it already had a signal."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if self.received:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(CHILD_GRACE_S)
+        stop_process(self.proc, signal.SIGTERM, CHILD_GRACE_S)
+
+
+def _launch_and_run(
+    child: _Child,
+    running: RunningServices,
+    *,
+    after_ready: bool,
+    keep_on_failure: bool,
+    report: TextIO,
+) -> int:
+    ready_variable = {running.settings.project.ready_file_variable: str(running.ready_file)}
+    if not after_ready:
+        child.start(ready_variable)  # its start-up overlaps the servers'
+    running.start(report)
+    if not after_ready:
+        child.handed_over = True
+    mark_ready(running.ready_file, running.env)
+    if after_ready:
+        child.start({**running.env, **ready_variable})
+        child.handed_over = True
+    assert child.proc is not None
+    code = exit_status(child.proc.wait())
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        if child.received:
+            return 128 + child.received[0]
+        if code != 0 and keep_on_failure:
+            print(
+                f"\nThe command failed with exit code {code}; the services stay up.\n"
+                f"{running.describe()}\n"
+                f"Press Ctrl-C (or kill -TERM {os.getpid()}) to stop them and clean up.",
+                file=report,
+                flush=True,
+            )
+            signal.sigwait(_SIGNALS)
+        return code
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+
+
+def run_command(
+    settings: EmbeddedSettings,
+    cmd: Sequence[str],
+    *,
+    after_ready: bool = False,
+    keep_on_failure: bool | None = None,
+    use_template: bool = True,
+    port_chooser: Callable[[], int] = free_port,
+    report: TextIO = sys.stderr,
+) -> int:
+    """Run `cmd` against fresh services of `settings.project`, then stop them.
+
+    `keep_on_failure` None means settings.keep_on_failure. Call from the main thread: it
+    installs SIGINT/SIGTERM handlers for the duration.
+    """
+    keep = settings.keep_on_failure if keep_on_failure is None else keep_on_failure
+    child = _Child(cmd)
+    previous = {sig: signal.signal(sig, child.on_signal) for sig in _SIGNALS}
+    try:
+        running = create_embedded_services(
+            settings, use_template=use_template, port_chooser=port_chooser, report=report
+        )
+        try:
+            return _launch_and_run(
+                child, running, after_ready=after_ready, keep_on_failure=keep, report=report
+            )
+        finally:
+            # A late signal must not cut the cleanup short: ignore it from here on.
+            with signals_blocked():
+                for sig in _SIGNALS:
+                    signal.signal(sig, signal.SIG_IGN)
+                child.stop()  # first: it must not see the run dir vanish while it waits
+                running.stop()
+    except _Interrupted as exc:
+        return 128 + exc.signum
+    except _CannotRun as exc:
+        print(f"embedded services: {exc}", file=report)
+        return EXIT_CANNOT_RUN
+    except (ServiceStartError, HarnessSetupError, OSError) as exc:  # OSError: run base, cache
+        print(f"embedded services: {exc}", file=report)
+        return EXIT_CANNOT_START
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,180 @@
+"""The harness as a pytest plugin: read [tool.harness], resolve and guard the targets once
+before collection, then register the fixtures and the app adapter.
+
+Load it from the project's top conftest.py: `pytest_plugins = ["tests.harness.plugin"]`.
+Only cheap imports at module level: the guard must decide before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from . import contract
+from .config import HarnessConfig, resolve_config
+from .guard import GuardError
+from .project import Project, ProjectConfigError, find_pyproject, load_project
+from .sources import find_services
+
+if TYPE_CHECKING:
+    from .adapter import AppAdapter
+
+PROJECT = pytest.StashKey[Project]()
+CONFIG = pytest.StashKey[HarnessConfig]()
+ADAPTER: pytest.StashKey[AppAdapter] = pytest.StashKey()
+WORKER_INPUT_KEY = "harness_config"
+MARKERS = (
+    "integration: needs the real services (set automatically for the guarded paths)",
+    "real_commits: the test commits for real instead of rolling back a SAVEPOINT; "
+    "its rows are removed afterwards",
+)
+REQUIRED_INI = {
+    "asyncio_mode": "auto",
+    "asyncio_default_fixture_loop_scope": "session",
+    "asyncio_default_test_loop_scope": "session",
+}
+
+
+def _exit(message: object, code: pytest.ExitCode = pytest.ExitCode.USAGE_ERROR) -> None:
+    pytest.exit(str(message), returncode=code)
+
+
+def _find_project(config: pytest.Config) -> Project:
+    inipath = config.inipath
+    start = inipath if inipath is not None and inipath.name == "pyproject.toml" else None
+    return load_project(find_pyproject(start or config.rootpath))
+
+
+def _matches_only_integration(name: str, /, **kwargs: str | int | bool | None) -> bool:
+    return name == "integration"
+
+
+def selects_guarded(config: pytest.Config, project: Project) -> bool:
+    """True when the run could collect tests under a guarded path."""
+    markexpr = config.getoption("markexpr", "") or ""
+    if markexpr:
+        try:
+            from _pytest.mark.expression import Expression
+        except ImportError:  # pragma: no cover - private API moved; be safe and guard
+            pass
+        else:
+            if not Expression.compile(markexpr).evaluate(_matches_only_integration):
+                return False
+    base = config.invocation_params.dir
+    return any(project.is_guarded(Path(base, arg.split("::", 1)[0])) for arg in config.args)
+
+
+def _check_pytest_settings(config: pytest.Config, project: Project) -> None:
+    wrong = {k: v for k, v in REQUIRED_INI.items() if str(config.getini(k) or "") != v}
+    if wrong:
+        lines = "\n".join(f'        {k} = "{v}"' for k, v in REQUIRED_INI.items())
+        _exit(
+            "The harness needs these pytest settings (one event loop for the whole session, so "
+            "one engine serves every test); seen: "
+            + ", ".join(f"{k}={config.getini(k)!r}" for k in wrong)
+            + f".\n  fix:  add to [tool.pytest.ini_options] of {project.root / 'pyproject.toml'}:\n"
+            + lines
+        )
+
+
+def _import_fixtures() -> None:
+    """The heavy imports (SQLAlchemy, Alembic, httpx), while the launcher's servers boot."""
+    from . import fixtures  # noqa: F401
+
+
+def _resolve(config: pytest.Config, project: Project) -> HarnessConfig:
+    from .embedded.procs import HarnessSetupError, ServiceStartError
+    from .embedded.readiness import ServicesNotReadyError
+    from .embedded.warm import StaleServicesError
+
+    env = dict(os.environ)
+    try:
+        env |= find_services(
+            project, env, add_cleanup=config.add_cleanup, before_wait=_import_fixtures
+        )
+        return resolve_config(project, env)
+    except KeyboardInterrupt:
+        _exit(
+            "interrupted while the services started; nothing was left running",
+            pytest.ExitCode.INTERRUPTED,
+        )
+    except (
+        GuardError,
+        contract.ContractError,
+        ServicesNotReadyError,
+        StaleServicesError,
+        ServiceStartError,
+        HarnessSetupError,
+    ) as refusal:
+        _exit(refusal)
+    raise AssertionError("unreachable")
+
+
+class _XdistController:
+    """Hands the controller's resolved configuration to each worker: they never resolve."""
+
+    def __init__(self, resolved: HarnessConfig) -> None:
+        self.resolved = resolved
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput[WORKER_INPUT_KEY] = self.resolved.to_json()
+
+
+def _register_fixtures(config: pytest.Config, project: Project) -> None:
+    from . import fixtures
+    from .adapter import AdapterError, load_adapter
+
+    config.pluginmanager.register(fixtures, "harness-fixtures")
+    if project.uses_s3:
+        from . import s3_fixtures
+
+        config.pluginmanager.register(s3_fixtures, "harness-s3-fixtures")
+    try:
+        adapter = load_adapter(project)
+    except AdapterError as exc:
+        _exit(exc)
+    config.stash[ADAPTER] = adapter
+    config.pluginmanager.register(adapter.module, "harness-app-adapter")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
+    try:
+        project = _find_project(config)
+    except ProjectConfigError as exc:
+        _exit(exc)
+    config.stash[PROJECT] = project
+    if not selects_guarded(config, project):
+        return
+    _check_pytest_settings(config, project)
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        resolved = HarnessConfig.from_json(project, workerinput[WORKER_INPUT_KEY])
+    else:
+        resolved = _resolve(config, project)
+        if config.pluginmanager.hasplugin("xdist"):
+            config.pluginmanager.register(_XdistController(resolved), "harness-xdist")
+    config.stash[CONFIG] = resolved
+    # An app that reads its URL at import must find the guarded test database there, never yours.
+    os.environ[project.app_database_url_variable] = resolved.database_url
+    _register_fixtures(config, project)
+    if workerinput is None and resolved.explicit_database and not resolved.allow_user_tables:
+        from .safety import check_database_is_for_tests
+
+        try:
+            check_database_is_for_tests(project, resolved.database_url)
+        except GuardError as refusal:
+            _exit(refusal)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    project = config.stash.get(PROJECT, None)
+    if project is None:
+        return
+    for item in items:
+        if project.is_guarded(item.path):
+            item.add_marker(pytest.mark.integration)

@@ -1,0 +1,55 @@
+"""The S3 fixtures, registered only for projects whose [tool.harness] services include s3."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+import pytest_asyncio
+
+from .buckets import BucketJanitor, s3_client_for, sweep_dead_buckets
+from .config import HarnessConfig
+from .contract import S3Target
+from .fixtures import keep_on_failure, report_removed, sweeps
+from .stamps import RunNames
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+@pytest.fixture(scope="session")
+def s3_target(harness_config: HarnessConfig) -> S3Target:
+    assert harness_config.s3 is not None  # this module is registered only with S3
+    return harness_config.s3
+
+
+@pytest_asyncio.fixture(scope="session")
+async def _run_bucket(
+    request: pytest.FixtureRequest,
+    harness_config: HarnessConfig,
+    s3_target: S3Target,
+    run_names: RunNames,
+) -> AsyncIterator[BucketJanitor]:
+    client = s3_client_for(s3_target)
+    if sweeps(run_names):
+        removed = await asyncio.to_thread(sweep_dead_buckets, client, harness_config.project)
+        report_removed(request, "bucket", removed)
+    janitor = BucketJanitor(client, run_names)
+    async with janitor:
+        yield janitor
+        janitor.keep = keep_on_failure(request, harness_config)
+
+
+@pytest.fixture(scope="session")
+def s3_client(_run_bucket: BucketJanitor) -> S3Client:
+    """A boto3 S3 client for the test's own checks: path-style addressing, SigV4."""
+    return _run_bucket.client
+
+
+@pytest.fixture
+def s3_bucket(_run_bucket: BucketJanitor) -> Iterator[str]:
+    """The run's bucket, emptied after each test so no test sees another's objects."""
+    yield _run_bucket.bucket
+    _run_bucket.empty()

@@ -1,0 +1,151 @@
+"""Warm reuse: `up` keeps services for later runs, `down` stops them; and `clean` removes
+what dead runs left, for a sample project written to a temp dir."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ...embedded.launcher import embedded_services
+from ...embedded.rundir import STATE_FILE, RunState, proc_start_time
+from ...embedded.warm import StaleServicesError, load_warm_services, pid_keys, read_services_file
+from ...project import Project
+from .embedded_support import (
+    PACKAGE,
+    cli_env,
+    private_run_base,
+    runs_in,
+    settings_for,
+    shared_cache_dir,
+    write_project,
+)
+
+NEVER_ALIVE_PID = 2**22 + 1
+
+
+@pytest.fixture(scope="module")
+def cache_dir() -> Iterator[Path]:
+    yield from shared_cache_dir()
+
+
+@pytest.fixture
+def run_base() -> Iterator[Path]:
+    yield from private_run_base()
+
+
+def _cli(project: Project, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", PACKAGE, *args],
+        cwd=project.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _answers(port: str) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("services", [("postgres", "s3"), ("postgres",)], ids=["pg+s3", "pg"])
+def test_services_up_outlives_its_command_and_services_down_stops_them(
+    tmp_path: Path, run_base: Path, cache_dir: Path, services: tuple[str, ...]
+) -> None:
+    project = write_project(tmp_path / "sample", services)
+    env = cli_env(run_base, cache_dir)
+    try:
+        up = _cli(project, env, "up")
+        assert up.returncode == 0, up.stdout + up.stderr
+
+        before = dict(os.environ)
+        warm = load_warm_services(project)
+        assert dict(os.environ) == before  # it returns the values, it does not apply them
+        assert warm is not None
+        assert _answers(warm["POSTGRES_PORT"])
+        assert ("MINIO_PORT" in warm) == project.uses_s3
+        assert not project.uses_s3 or _answers(warm["MINIO_PORT"])
+        pid_key, start_key = pid_keys(project)
+        assert (pid_key, start_key) == ("SAMPLE_SERVICES_PID", "SAMPLE_SERVICES_PID_START")
+        assert pid_key not in warm and start_key not in warm
+        supervisor = int(read_services_file(project.services_file)[pid_key])
+
+        down = _cli(project, env, "down")
+
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert not project.services_file.exists()
+        assert proc_start_time(supervisor) is None
+        assert not _answers(warm["POSTGRES_PORT"])
+        assert runs_in(run_base) == []
+    finally:
+        if project.services_file.exists():
+            _cli(project, env, "down")
+
+
+def test_a_file_naming_dead_services_is_reported_with_the_fix(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "sample")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    pid_key, _ = pid_keys(project)
+    project.services_file.write_text(
+        f"export POSTGRES_HOST='127.0.0.1'\nexport POSTGRES_PORT='{closed_port}'\n"
+        f"export MINIO_HOST='127.0.0.1'\nexport MINIO_PORT='{closed_port}'\n"
+        f"export {pid_key}=999999999\n"
+    )
+
+    with pytest.raises(StaleServicesError) as stale:
+        load_warm_services(project)
+
+    message = str(stale.value)
+    assert "not running" in message and f"POSTGRES_PORT={closed_port}" in message
+    assert f"python -m {PACKAGE} up" in message
+    assert f"python -m {PACKAGE} down" in message
+
+
+def test_no_file_means_no_warm_services(tmp_path: Path) -> None:
+    assert load_warm_services(write_project(tmp_path / "sample")) is None
+
+
+def test_clean_removes_dead_runs_keeps_live_ones_and_needs_no_boto3_without_s3(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    project = write_project(tmp_path / "pg-only", ("postgres",))
+    check = (
+        "import sys\n"
+        f"from {PACKAGE}.__main__ import main\n"
+        "code = main(['clean'])\n"
+        "assert 'boto3' not in sys.modules and 'botocore' not in sys.modules, 'boto3 imported'\n"
+        "sys.exit(code)\n"
+    )
+
+    with embedded_services(settings_for(project, run_base, cache_dir)) as running:
+        dead = run_base / "run-dead"  # made now: starting the services swept the base
+        dead.mkdir()
+        (dead / STATE_FILE).write_text(RunState(NEVER_ALIVE_PID, 1).dump())
+        env = cli_env(run_base, cache_dir) | running.env
+        cleaned = subprocess.run(
+            [sys.executable, "-c", check],
+            cwd=project.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert runs_in(run_base) == [running.run.path]  # the live run is left alone
+        assert not dead.exists()
+
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    assert f"removed embedded run directory {dead}" in cleaned.stdout

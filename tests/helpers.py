@@ -1,0 +1,128 @@
+"""Shared helpers of docstore's tests: one home each for creating documents, counting what is
+stored, bearer headers, and watching processes through /proc.
+
+Imported by the app's tests (tests/integration/) and by the benchmarks (bench/); the harness
+core never imports it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.models import Document
+from tests.harness.buckets import object_keys
+
+__all__ = [
+    "alive",
+    "bearer",
+    "children_of",
+    "count_rows",
+    "create_document",
+    "object_keys",
+    "proc_stat",
+    "proc_status_kb",
+    "upload",
+    "wait_until",
+]
+
+
+# ---------------------------------------------------------------- documents through the API
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header for a docstore token (tests.app_adapter.TOKENS holds them)."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def upload(
+    client: httpx.AsyncClient,
+    content: bytes = b"content",
+    filename: str = "doc.txt",
+    content_type: str = "text/plain",
+    **data: Any,
+) -> httpx.Response:
+    """POST /documents with one `file` part (and form fields such as tags="a,b"); the answer
+    is returned as it is, for tests of refusals."""
+    return await client.post(
+        "/documents", files={"file": (filename, content, content_type)}, data=data
+    )
+
+
+async def create_document(
+    client: httpx.AsyncClient,
+    content: bytes = b"content",
+    *,
+    filename: str = "doc.txt",
+    content_type: str = "text/plain",
+    tags: str = "",
+) -> dict[str, Any]:
+    """Upload a document that must be accepted (201); return its metadata."""
+    response = await upload(client, content, filename, content_type, tags=tags)
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+# ---------------------------------------------------------------- what is stored
+
+
+async def count_rows(session: AsyncSession, model: type[Any] = Document) -> int:
+    """The rows of `model`'s table that `session` sees (documents by default)."""
+    return await session.scalar(select(func.count()).select_from(model)) or 0
+
+
+# object_keys(s3_client, bucket) is re-exported from the harness: the keys in a bucket.
+
+
+# ---------------------------------------------------------------- processes, through /proc
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, ...), or None
+    when the process is gone. The name may hold spaces and parentheses: split after the
+    last ')'."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def children_of(parent: int) -> set[int]:
+    """The pids whose parent is `parent` (a postmaster's backends and auxiliary processes)."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = proc_stat(int(entry.name))
+            if fields is not None and int(fields[1]) == parent:
+                children.add(int(entry.name))
+    return children
+
+
+def alive(pids: set[int]) -> set[int]:
+    """The pids that still run (a zombie waiting to be reaped does not count)."""
+    return {pid for pid in pids if (fields := proc_stat(pid)) is not None and fields[0] != "Z"}
+
+
+def proc_status_kb(pid: int, field: str) -> int:
+    """A kB figure of /proc/<pid>/status, e.g. VmRSS (now) or VmHWM (the peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise LookupError(f"no {field} in /proc/{pid}/status")
+
+
+def wait_until(condition: Callable[[], bool], deadline_s: float, what: str) -> None:
+    """Poll `condition` until it holds; AssertionError naming `what` at the deadline."""
+    end = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} did not happen within {deadline_s} s")
+        time.sleep(0.02)

@@ -1,0 +1,223 @@
+"""docstore served by a real uvicorn, and a bounded load against it: shared by
+tests/integration/test_load.py (small) and bench/load.py (the CLI, large), and by
+bench/bench_upload.py (`serve`).
+
+`serve` runs `uvicorn api.asgi:app` with the app's variables (tests.app_adapter.environment_of)
+on a free loopback port; `run_load` lets every client upload one random file and download it
+again, all at once; `verify` counts the rows and the objects the load left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.pool import NullPool
+
+from api.config import Settings
+from api.db import create_engine_for
+from api.storage import make_s3_client
+from tests.harness.buckets import object_keys
+from tests.harness.embedded.procs import die_with_parent, free_port
+from tests.helpers import bearer, count_rows
+
+REPO = Path(__file__).resolve().parents[1]
+OWNER = "load"
+SERVE_TIMEOUT_S = 30.0
+
+
+@dataclass
+class LoadReport:
+    """What one load run did and saw."""
+
+    clients: int
+    size_bytes: int
+    upload_s: list[float] = field(default_factory=list)
+    download_s: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    rows: int | None = None
+    objects: int | None = None
+
+    @property
+    def requests(self) -> int:
+        return len(self.upload_s) + len(self.download_s)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.errors
+            and len(self.ids) == self.clients
+            and self.rows == self.objects == self.clients
+        )
+
+    def table(self) -> str:
+        def row(name: str, latencies: list[float]) -> str:
+            if not latencies:
+                return f"{name:<10} {0:>8} {'-':>10} {'-':>10}"
+            ordered = sorted(latencies)
+            p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+            median = statistics.median(ordered)
+            return f"{name:<10} {len(ordered):>8} {median * 1000:>8.1f}ms {p95 * 1000:>8.1f}ms"
+
+        moved = 2 * len(self.ids) * self.size_bytes / 2**20
+        rate = self.requests / self.elapsed_s if self.elapsed_s else 0.0
+        lines = [
+            f"load: {self.clients} clients x {self.size_bytes // 1024} KiB, "
+            f"upload then download each, in {self.elapsed_s:.2f} s",
+            f"{'':<10} {'requests':>8} {'median':>10} {'p95':>10}",
+            row("upload", self.upload_s),
+            row("download", self.download_s),
+            f"{'total':<10} {self.requests:>8}   errors {len(self.errors)}   "
+            f"{rate:.1f} req/s   {moved / self.elapsed_s if self.elapsed_s else 0:.1f} MiB/s",
+            f"rows {self.rows}   objects {self.objects}   expected {self.clients}",
+        ]
+        lines += [f"error: {error}" for error in self.errors[:20]]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ServedApp:
+    base_url: str
+    pid: int
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    app_env: Mapping[str, str], timeout_s: float = SERVE_TIMEOUT_S
+) -> AsyncIterator[ServedApp]:
+    """Run `uvicorn api.asgi:app` with `app_env` over this process's environment on a free
+    loopback port; yield its URL and pid once /health answers 200; stop it (SIGTERM, then
+    SIGKILL after 10 s) on the way out."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "uvicorn", "api.asgi:app", "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
+    with tempfile.TemporaryFile() as log:
+        # Popen only forks and execs; it stays on this (main) thread so that the parent-death
+        # signal is tied to the thread that lives as long as the run.
+        proc = subprocess.Popen(  # noqa: ASYNC220
+            argv,
+            cwd=REPO,
+            env={**os.environ, **app_env},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # uvicorn must not outlive a killed load run or test process.
+            preexec_fn=die_with_parent(os.getpid(), signal.SIGTERM),
+        )
+
+        def log_tail() -> str:
+            log.seek(0)
+            return log.read()[-3000:].decode(errors="replace")
+
+        try:
+            await _wait_healthy(proc, base_url, timeout_s, log_tail)
+            yield ServedApp(base_url, proc.pid)
+        finally:
+            proc.terminate()
+            try:
+                await asyncio.to_thread(proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+
+
+async def _wait_healthy(
+    proc: subprocess.Popen[bytes], base_url: str, timeout_s: float, log_tail: Callable[[], str]
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer yet"
+    async with httpx.AsyncClient(base_url=base_url, timeout=2.0) as client:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"uvicorn exited with {proc.returncode}:\n{log_tail()}")
+            try:
+                response = await client.get("/health")
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text[:200]}"
+            except httpx.TransportError as exc:
+                last = type(exc).__name__
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"uvicorn at {base_url} not healthy within {timeout_s} s "
+                    f"(last: {last}):\n{log_tail()}"
+                )
+            await asyncio.sleep(0.05)  # poll interval of a condition with a deadline
+
+
+async def run_load(
+    base_url: str, token: str, *, clients: int, size_bytes: int, timeout_s: float = 120.0
+) -> LoadReport:
+    """Every client uploads one random file, then downloads it and checks its sha256; all
+    clients run at once. Bounded: `clients` uploads and downloads, and `timeout_s` overall."""
+    report = LoadReport(clients=clients, size_bytes=size_bytes)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def one_client(client: httpx.AsyncClient, n: int) -> None:
+        content = secrets.token_bytes(size_bytes)
+        expected = hashlib.sha256(content).hexdigest()
+        started = time.perf_counter()
+        created = await client.post(
+            "/documents", files={"file": (f"load-{n}.bin", content)}, data={"tags": "load"}
+        )
+        report.upload_s.append(time.perf_counter() - started)
+        if created.status_code != 201:
+            report.errors.append(f"upload {n}: {created.status_code} {created.text[:200]}")
+            return
+        body = created.json()
+        report.ids.append(body["id"])
+        if body["sha256"] != expected or body["size_bytes"] != size_bytes:
+            report.errors.append(f"upload {n}: the API recorded other bytes than were sent")
+        started = time.perf_counter()
+        downloaded = await client.get(f"/documents/{body['id']}/content")
+        report.download_s.append(time.perf_counter() - started)
+        if downloaded.status_code != 200:
+            report.errors.append(f"download {n}: {downloaded.status_code}")
+        elif hashlib.sha256(downloaded.content).hexdigest() != expected:
+            report.errors.append(f"download {n}: sha256 mismatch")
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(
+        base_url=base_url, headers=bearer(token), limits=limits, timeout=60.0
+    ) as client:
+        try:
+            async with asyncio.timeout(timeout_s):
+                results = await asyncio.gather(
+                    *(one_client(client, n) for n in range(clients)), return_exceptions=True
+                )
+        except TimeoutError:
+            report.errors.append(f"the load did not finish within {timeout_s} s")
+            results = []
+    report.elapsed_s = time.perf_counter() - started
+    report.errors += [f"client failed: {r!r}" for r in results if isinstance(r, BaseException)]
+    return report
+
+
+async def verify(report: LoadReport, settings: Settings) -> LoadReport:
+    """Count the rows of the load's schema and the objects of its bucket into the report."""
+    engine = create_engine_for(settings, poolclass=NullPool)
+    try:
+        async with AsyncSession(engine) as session:
+            report.rows = await count_rows(session)
+    finally:
+        await engine.dispose()
+    keys = await asyncio.to_thread(object_keys, make_s3_client(settings), settings.s3_bucket)
+    report.objects = len(keys)
+    return report
