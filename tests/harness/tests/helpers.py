@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.harness.project import Project, load_project
 from tests.harness.stamps import RunNames
 
 
@@ -45,3 +48,16 @@ async def schemas_like(admin: AsyncEngine, pattern: str) -> list[str]:
 async def drop_schema(admin: AsyncEngine, name: str) -> None:
     async with admin.begin() as conn:
         await conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+
+
+def write_project(root: Path, services: tuple[str, ...] = ("postgres", "s3")) -> Project:
+    """A minimal project named "sample" in `root`, for tests that need a Project."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pyproject.toml").write_text(
+        "[tool.harness]\n"
+        'name = "sample"\n'
+        f"services = {json.dumps(list(services))}\n"
+        'adapter = "sample.adapter"\n'
+        'alembic_config = "pyproject.toml"\n'
+    )
+    return load_project(root / "pyproject.toml")

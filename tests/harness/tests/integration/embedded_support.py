@@ -3,7 +3,6 @@ run base and binaries cache, the environment for the command line, and leftover 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -17,25 +16,13 @@ import pytest
 
 from ... import embedded
 from ...config import EmbeddedSettings, embedded_settings
-from ...project import Project, load_project
+from ...project import Project
 
 PACKAGE = embedded.__name__  # what `python -m` runs
 IMPORT_ROOT = Path(embedded.__file__).parents[len(PACKAGE.split("."))]
 DEADLINE_S = 30.0
 # Variables a surrounding run may have set; the commands under test get their own.
 _INHERITED = ("POSTGRES_", "MINIO_", "S3_", "TEST_", "PG_BINDIR")
-
-
-def write_project(root: Path, services: tuple[str, ...] = ("postgres", "s3")) -> Project:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "pyproject.toml").write_text(
-        "[tool.harness]\n"
-        'name = "sample"\n'
-        f"services = {json.dumps(list(services))}\n"
-        'adapter = "sample.adapter"\n'
-        'alembic_config = "pyproject.toml"\n'
-    )
-    return load_project(root / "pyproject.toml")
 
 
 def settings_for(project: Project, run_base: Path, cache_dir: Path) -> EmbeddedSettings:

@@ -32,6 +32,7 @@ from ...embedded.procs import HarnessSetupError, ServiceStartError, free_port, s
 from ...embedded.rundir import STATE_FILE, RunState
 from ...embedded.supervisor import run_command
 from ...project import Project
+from ..helpers import write_project
 from .embedded_support import (
     DEADLINE_S,
     PACKAGE,
@@ -44,7 +45,6 @@ from .embedded_support import (
     settings_for,
     shared_cache_dir,
     wait_for,
-    write_project,
 )
 
 if TYPE_CHECKING:

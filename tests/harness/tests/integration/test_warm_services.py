@@ -16,6 +16,7 @@ from ...embedded.launcher import embedded_services
 from ...embedded.rundir import STATE_FILE, RunState, proc_start_time
 from ...embedded.warm import StaleServicesError, load_warm_services, pid_keys, read_services_file
 from ...project import Project
+from ..helpers import write_project
 from .embedded_support import (
     PACKAGE,
     cli_env,
@@ -23,7 +24,6 @@ from .embedded_support import (
     runs_in,
     settings_for,
     shared_cache_dir,
-    write_project,
 )
 
 NEVER_ALIVE_PID = 2**22 + 1

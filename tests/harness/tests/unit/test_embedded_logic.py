@@ -48,24 +48,13 @@ from ...embedded.rundir import (
 )
 from ...embedded.s3 import sigv4_headers
 from ...project import Credentials, Project, ProjectConfigError, find_pyproject, load_project
+from ..helpers import write_project
 
 PACKAGE = Path(embedded.__file__).parent
 NEVER_ALIVE_PID = 2**22 + 1  # above pid_max: never a live process
 POSTGRES_VARIABLES = {"POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD"}
 POSTGRES_VARIABLES |= {"POSTGRES_DB"}
 S3_VARIABLES = {"MINIO_HOST", "MINIO_PORT", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "S3_REGION"}
-
-
-def write_project(root: Path, services: tuple[str, ...] = ("postgres", "s3")) -> Project:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "pyproject.toml").write_text(
-        "[tool.harness]\n"
-        'name = "sample"\n'
-        f"services = {json.dumps(list(services))}\n"
-        'adapter = "sample.adapter"\n'
-        'alembic_config = "pyproject.toml"\n'
-    )
-    return load_project(root / "pyproject.toml")
 
 
 @pytest.fixture
