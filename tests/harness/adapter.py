@@ -16,7 +16,8 @@ pytest plugin, so the app's tests can ask for it.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+import traceback
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -59,14 +60,16 @@ def load_adapter(project: Project) -> AppAdapter:
                 f"the adapter module {project.adapter!r} (named by `adapter` in [tool.harness] "
                 f"of {project.root / 'pyproject.toml'}) cannot be imported: {exc}.\n"
                 "  fix:  create it, or correct the name; it must be importable from the "
-                "project root"
+                'project root (pythonpath = ["."] in [tool.pytest.ini_options])'
             ) from None
-        raise
+        raise AdapterError(_import_failure(project, exc)) from None
+    except Exception as exc:  # the adapter's own code failed: say where, not 40 frames
+        raise AdapterError(_import_failure(project, exc)) from None
     missing = [name for name in REQUIRED if not hasattr(module, name)]
     if missing:
         raise AdapterError(
             f"the adapter module {project.adapter!r} lacks {', '.join(missing)}.\n"
-            "  fix:  define them; tests/harness/adapter.py says what each one is"
+            f"  fix:  define them; {__file__} says what each one is"
         )
     if not isinstance(module.metadata, MetaData):
         raise AdapterError(
@@ -80,3 +83,50 @@ def load_adapter(project: Project) -> AppAdapter:
         session_dependency=module.session_dependency,
         app_environment=getattr(module, "app_environment", None),
     )
+
+
+def _import_failure(project: Project, exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return (
+        f"importing the adapter module {project.adapter!r} failed{where}: "
+        f"{type(exc).__name__}: {exc}\n  fix:  correct that line (the adapter and what it imports "
+        "must import without the services)"
+    )
+
+
+def _dependencies(dependant: Any) -> Iterator[Any]:
+    for sub in getattr(dependant, "dependencies", ()):
+        yield sub.call
+        yield from _dependencies(sub)
+
+
+def _dependants(router: Any, depth: int = 0) -> Iterator[Any]:
+    """Every route's dependant, through included routers (FastAPI nests them differently
+    across versions: .routes, .original_router)."""
+    if depth > 20:
+        return
+    for route in getattr(router, "routes", ()):
+        if getattr(route, "dependant", None) is not None:
+            yield route.dependant
+        for nested in (getattr(route, "original_router", None), getattr(route, "router", None)):
+            if nested is not None and nested is not router:
+                yield from _dependants(nested, depth + 1)
+
+
+def check_session_dependency(adapter: AppAdapter, app: Any) -> None:
+    """The tests hand their session to the app by overriding this dependency: it must be one
+    that the app's routes really use, or the app would commit behind the test's back."""
+    dependants = list(_dependants(getattr(app, "router", None)))
+    if not dependants:
+        return  # not a FastAPI app we can read: nothing to check
+    used = {call for dependant in dependants for call in _dependencies(dependant)}
+    if adapter.session_dependency not in used:
+        name = getattr(adapter.session_dependency, "__qualname__", repr(adapter.session_dependency))
+        raise AdapterError(
+            f"{adapter.module.__name__}.session_dependency is {name}, which no route of the app "
+            "depends on: the tests could not hand their session to the app, and its writes "
+            "would escape the test's transaction.\n"
+            "  fix:  set it to the FastAPI dependency your routes use to get their AsyncSession "
+            "(e.g. session_dependency = get_session)"
+        )

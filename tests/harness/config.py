@@ -38,6 +38,10 @@ class HarnessConfig:
     explicit_database: bool  # TEST_DATABASE_URL: may be a real database, so it is inspected
     keep_on_failure: bool
     allow_user_tables: bool
+    # What each run (or xdist worker) gets of its own: "database" where the role may create
+    # databases, else "schema"; decided once by safety.choose_per_run before any test.
+    per_run: str = "database"
+    test_timeout_s: float = 60.0
 
     def to_json(self) -> str:
         """For xdist workers, which take the controller's result instead of resolving again."""
@@ -73,6 +77,7 @@ def resolve_config(
         explicit_database=database.source == contract.TEST_DATABASE_URL.name,
         keep_on_failure=bool(contract.TEST_KEEP_ON_FAILURE.get(env, project)),
         allow_user_tables=bool(contract.TEST_ALLOW_USER_TABLES.get(env, project)),
+        test_timeout_s=contract.TEST_TIMEOUT.get(env, project) or 60.0,
     )
 
 
@@ -152,7 +157,7 @@ def service_variables(
 class RunTargets:
     """What the app adapter gets: the run's database and schema, and its bucket (with S3)."""
 
-    database_url: str = field(repr=False)  # password included; the schema is the search_path
-    schema: str
+    database_url: str = field(repr=False)  # password included; the run's own database
+    schema: str | None  # None: the database's default schema; else set it as the search_path
     s3: S3Target | None
     bucket: str | None

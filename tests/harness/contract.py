@@ -180,6 +180,14 @@ TEST_SERVICES_TIMEOUT = Variable(
     _seconds,
     "30",
 )
+TEST_TIMEOUT = Variable(
+    "TEST_TIMEOUT",
+    SetBy.USER,
+    "seconds one guarded test may run before pytest-timeout fails it where it hangs "
+    "(a test's own @pytest.mark.timeout wins)",
+    _seconds,
+    "60",
+)
 TEST_HARNESS_CACHE_DIR = Variable(
     "TEST_HARNESS_CACHE_DIR",
     SetBy.USER,
@@ -216,6 +224,7 @@ VARIABLES: tuple[Variable[object], ...] = (
     TEST_ALLOW_USER_TABLES,
     PG_BINDIR,
     TEST_SERVICES_TIMEOUT,
+    TEST_TIMEOUT,
     TEST_HARNESS_CACHE_DIR,
     TEST_HARNESS_RUN_BASE,
 )  # type: ignore[assignment]

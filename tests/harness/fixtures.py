@@ -8,21 +8,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
 import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.pool import NullPool
 
-from .adapter import AppAdapter
+from .adapter import AdapterError, AppAdapter, check_session_dependency
 from .config import HarnessConfig, RunTargets
-from .isolation import committing_session, create_test_engine, savepoint_session
-from .janitor import SchemaJanitor, sweep_dead_schemas
+from .isolation import create_test_engine, savepoint_session
+from .janitor import RunStore, run_store, sweep_dead_stores
+from .leaks import Baseline, LeftBehindError, table_counts, undo_leftovers
 from .migrations import MigrationError, drift, drift_message, migrate
 from .plugin import ADAPTER, CONFIG
 from .stamps import RunNames
+
+
+def stop_run(config: pytest.Config, message: str) -> NoReturn:
+    """End the run with `message`; in an xdist worker (where pytest.exit would crash the
+    controller with an INTERNALERROR) fail every test with it instead."""
+    if hasattr(config, "workerinput"):
+        pytest.fail(message, pytrace=False)
+    pytest.exit(message, returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 def keep_on_failure(request: pytest.FixtureRequest, config: HarnessConfig) -> bool:
@@ -38,7 +46,8 @@ def report_removed(request: pytest.FixtureRequest, kind: str, removed: list[str]
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     for name in removed:
         if reporter is not None:
-            reporter.write_line(f"harness: removed {kind} {name!r} left by a run that was killed")
+            shown = f"{kind} {name!r}" if kind else name
+            reporter.write_line(f"harness: removed {shown} left by a run that was killed")
 
 
 @pytest.fixture(scope="session")
@@ -66,58 +75,74 @@ def database_url(harness_config: HarnessConfig) -> str:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def _run_schema(
+async def _run_store(
     request: pytest.FixtureRequest, harness_config: HarnessConfig, run_names: RunNames
-) -> AsyncIterator[SchemaJanitor]:
-    # The admin engine works outside the run's schema; NullPool keeps no connection open
-    # that could hold a lock when the schema is dropped.
-    admin = create_test_engine(harness_config.database_url, None, poolclass=NullPool)
-    try:
-        if sweeps(run_names):
-            removed = await sweep_dead_schemas(admin, harness_config.project)
-            report_removed(request, "schema", removed)
-        janitor = SchemaJanitor(admin, run_names)
-        async with janitor:
-            yield janitor
-            janitor.keep = keep_on_failure(request, harness_config)
-    finally:
-        await admin.dispose()
+) -> AsyncIterator[RunStore]:
+    """The run's own database (or, where the role may not create one, schema)."""
+    server_url = harness_config.database_url
+    if sweeps(run_names):
+        removed = await sweep_dead_stores(server_url, harness_config.project)
+        report_removed(request, "", removed)
+    async with run_store(server_url, run_names, harness_config.per_run) as store:
+        yield store
+        store.keep = keep_on_failure(request, harness_config)
 
 
 @pytest_asyncio.fixture(scope="session")
-async def engine(
-    harness_config: HarnessConfig, app_adapter: AppAdapter, _run_schema: SchemaJanitor
-) -> AsyncIterator[AsyncEngine]:
-    """An engine whose search_path is the run's schema, migrated to head (and drift-checked)."""
+async def _migrated(
+    request: pytest.FixtureRequest,
+    harness_config: HarnessConfig,
+    app_adapter: AppAdapter,
+    _run_store: RunStore,
+) -> AsyncIterator[tuple[AsyncEngine, Baseline]]:
     project = harness_config.project
-    engine = create_test_engine(harness_config.database_url, _run_schema.names.schema)
+    engine = create_test_engine(_run_store.url, _run_store.schema)
     try:
         async with engine.begin() as conn:
             try:
                 await conn.run_sync(lambda sync: migrate(project, sync))
             except MigrationError as exc:
-                pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
+                stop_run(request.config, str(exc))
             if project.drift_check:
                 differences = await conn.run_sync(drift, app_adapter.metadata)
                 if differences:
-                    pytest.exit(
-                        drift_message(project, differences),
-                        returncode=pytest.ExitCode.USAGE_ERROR,
-                    )
-        yield engine
+                    stop_run(request.config, drift_message(project, differences))
+            tables = [t.name for t in app_adapter.metadata.sorted_tables]
+            baseline = Baseline(tables, await table_counts(conn, tables))
+        yield engine, baseline
     finally:
         await engine.dispose()
 
 
 @pytest.fixture(scope="session")
+def engine(_migrated: tuple[AsyncEngine, Baseline]) -> AsyncEngine:
+    """The run's engine: its own database (or search_path = its schema), migrated to head and
+    checked for drift against the adapter's models."""
+    return _migrated[0]
+
+
+@pytest.fixture(scope="session")
+def run_database_url(harness_config: HarnessConfig, _run_store: RunStore) -> str:
+    """The full URL of the run's own database, password included, for a second connection:
+    `create_async_engine(run_database_url)`. What it can see: see the README's pitfalls."""
+    if _run_store.schema is not None:
+        pytest.fail(
+            f"run_database_url: the role may not create databases, so this run has a schema "
+            f"({_run_store.schema!r}), which a URL cannot carry for asyncpg. fix: give the role "
+            "CREATEDB, or connect with database_url and "
+            "connect_args={'server_settings': {'search_path': run_targets.schema}}",
+            pytrace=False,
+        )
+    return _run_store.url
+
+
+@pytest.fixture(scope="session")
 def run_targets(
-    request: pytest.FixtureRequest, harness_config: HarnessConfig, _run_schema: SchemaJanitor
+    request: pytest.FixtureRequest, harness_config: HarnessConfig, _run_store: RunStore
 ) -> RunTargets:
-    """What the adapter builds the app from: the run's database, schema and bucket."""
+    """What the adapter builds the app from: the run's database (or schema) and bucket."""
     bucket = request.getfixturevalue("_run_bucket").bucket if harness_config.s3 else None
-    return RunTargets(
-        harness_config.database_url, _run_schema.names.schema, harness_config.s3, bucket
-    )
+    return RunTargets(_run_store.url, _run_store.schema, harness_config.s3, bucket)
 
 
 def real_commits(request: pytest.FixtureRequest) -> bool:
@@ -126,10 +151,7 @@ def real_commits(request: pytest.FixtureRequest) -> bool:
 
 @pytest_asyncio.fixture
 async def db_session(
-    request: pytest.FixtureRequest,
-    engine: AsyncEngine,
-    app_adapter: AppAdapter,
-    _run_schema: SchemaJanitor,
+    request: pytest.FixtureRequest, _migrated: tuple[AsyncEngine, Baseline]
 ) -> AsyncIterator[AsyncSession]:
     """The test's session.
 
@@ -137,18 +159,46 @@ async def db_session(
     become SAVEPOINT releases. Under @pytest.mark.real_commits it is a plain session that
     really commits; the tables are emptied after the test.
     """
+    engine, _ = _migrated
     if real_commits(request):
-        tables = [t.name for t in app_adapter.metadata.sorted_tables]
-        async with committing_session(engine, _run_schema, tables) as session:
+        async with AsyncSession(engine, expire_on_commit=False) as session:
             yield session
     else:
         async with savepoint_session(engine) as session:
             yield session
 
 
+@pytest_asyncio.fixture
+async def _leftovers_guard(
+    request: pytest.FixtureRequest,
+    _migrated: tuple[AsyncEngine, Baseline],
+    _run_store: RunStore,
+) -> AsyncIterator[None]:
+    """Torn down after every other fixture of a test that used the run's database."""
+    yield
+    engine, baseline = _migrated
+    test, committed = request.node.nodeid, real_commits(request)
+    problems = await undo_leftovers(test, engine, _run_store, baseline, committed=committed)
+    if problems:
+        raise LeftBehindError("\n".join(problems))
+
+
+@pytest.fixture(autouse=True)
+def _harness_checks(request: pytest.FixtureRequest) -> None:
+    """Costs nothing for a test that does not use the run's database."""
+    if "_run_store" in request.fixturenames:
+        request.getfixturevalue("_leftovers_guard")
+
+
 @pytest_asyncio.fixture(scope="session")
-async def _session_app(app_adapter: AppAdapter, run_targets: RunTargets) -> AsyncIterator[Any]:
+async def _session_app(
+    request: pytest.FixtureRequest, app_adapter: AppAdapter, run_targets: RunTargets
+) -> AsyncIterator[Any]:
     app = app_adapter.create_app(run_targets)
+    try:
+        check_session_dependency(app_adapter, app)
+    except AdapterError as exc:
+        stop_run(request.config, str(exc))
     lifespan = getattr(getattr(app, "router", None), "lifespan_context", None)
     if lifespan is None:
         yield app

@@ -14,12 +14,13 @@ from .contract import TEST_ALLOWED_HOSTS, DatabaseTarget, S3Target
 from .project import Project
 
 REQUIRED_SCHEME = "postgresql+asyncpg"
+SERVER_DATABASES = frozenset({"postgres", "template0", "template1"})
 ALLOW_HOSTS_VARIABLE = TEST_ALLOWED_HOSTS.name
 EXAMPLE_URL = "postgresql+asyncpg://USER:***@127.0.0.1:5432/DBNAME"
 HOW_TO_START = (
-    "Run `make test-integration`: it starts the services for you (containers through "
-    "tox-docker, or the embedded servers when Docker is absent). From a plain pytest: "
-    "TEST_EMBEDDED_SERVICES=1."
+    f"Start throwaway services for the run: `python -m {__package__}.embedded run -- pytest ...` "
+    "(real servers from PyPI wheels, no Docker), TEST_EMBEDDED_SERVICES=1 for a plain pytest, "
+    "or your project's own tox or make target for its integration tests."
 )
 
 
@@ -100,8 +101,22 @@ def check_database_target(
         raise GuardError(_bad_url_message("it cannot be parsed", url, target.source))
     if not parts.hostname:
         raise GuardError(_bad_url_message("it names no host", url, target.source))
-    if not parts.path.strip("/"):
+    database = parts.path.strip("/")
+    if not database:
         raise GuardError(_bad_url_message("it names no database", url, target.source))
+    if database in SERVER_DATABASES:
+        raise GuardError(
+            "\n".join(
+                [
+                    f"Integration tests refuse the server's own database {database!r}.",
+                    f"  got:  {target.source}={mask_url(url)!r}",
+                    "  why:  postgres and template0/1 belong to the server: every new database is "
+                    "copied from template1, and tools expect postgres to be there.",
+                    f"  fix:  name a test database of its own, e.g. POSTGRES_DB="
+                    f"{project.credentials.pg_database} (or that name in TEST_DATABASE_URL).",
+                ]
+            )
+        )
     if target.source == "TEST_DATABASE_URL":
         _check_host_allowed(parts.hostname, target.source, mask_url(url), allowed)
     return url
@@ -159,8 +174,8 @@ def check_s3_target(target: S3Target, allowed: frozenset[str]) -> str:
                 [
                     "Integration tests need an http:// or https:// S3 endpoint.",
                     f"  got:  {target.source}={mask_url(target.endpoint_url)!r}",
-                    "  fix:  set TEST_S3_ENDPOINT_URL=http://127.0.0.1:9000, or unset it "
-                    "and run `make test-integration`.",
+                    "  fix:  set TEST_S3_ENDPOINT_URL=http://127.0.0.1:9000, or unset it. "
+                    + HOW_TO_START,
                 ]
             )
         )

@@ -7,7 +7,10 @@ Only cheap imports at module level: the guard must decide before anything heavy 
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +116,21 @@ def _resolve(config: pytest.Config, project: Project) -> HarnessConfig:
     raise AssertionError("unreachable")
 
 
+def _choose_per_run(resolved: HarnessConfig) -> HarnessConfig:
+    """One look at the server: refuse a database the tests must not use, and decide whether
+    each run gets a database or a schema of its own (said once, on the fallback)."""
+    from .safety import choose_per_run
+
+    notes: list[str] = []
+    try:
+        per_run = choose_per_run(resolved, notes)
+    except GuardError as refusal:
+        _exit(refusal)
+    for note in notes:
+        sys.stderr.write(note + "\n")
+    return dataclasses.replace(resolved, per_run=per_run)
+
+
 class _XdistController:
     """Hands the controller's resolved configuration to each worker: they never resolve."""
 
@@ -155,26 +173,41 @@ def pytest_configure(config: pytest.Config) -> None:
     if workerinput is not None:
         resolved = HarnessConfig.from_json(project, workerinput[WORKER_INPUT_KEY])
     else:
-        resolved = _resolve(config, project)
+        resolved = _choose_per_run(_resolve(config, project))
         if config.pluginmanager.hasplugin("xdist"):
             config.pluginmanager.register(_XdistController(resolved), "harness-xdist")
     config.stash[CONFIG] = resolved
     # An app that reads its URL at import must find the guarded test database there, never yours.
     os.environ[project.app_database_url_variable] = resolved.database_url
     _register_fixtures(config, project)
-    if workerinput is None and resolved.explicit_database and not resolved.allow_user_tables:
-        from .safety import check_database_is_for_tests
-
-        try:
-            check_database_is_for_tests(project, resolved.database_url)
-        except GuardError as refusal:
-            _exit(refusal)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     project = config.stash.get(PROJECT, None)
-    if project is None:
+    resolved = config.stash.get(CONFIG, None)
+    if project is None or resolved is None:
         return
     for item in items:
         if project.is_guarded(item.path):
             item.add_marker(pytest.mark.integration)
+            if item.get_closest_marker("timeout") is None:
+                # pytest-timeout's signal method fails the test where it hangs and lets the
+                # teardown (and the rest of the run) go on; its thread method would end the run.
+                item.add_marker(pytest.mark.timeout(resolved.test_timeout_s, method="signal"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A lock wait that gave up gets an explanation in the test's report: why, and the fix."""
+    report = yield
+    if call.excinfo is not None and CONFIG in item.config.stash:
+        from .janitor import TEST_LOCK_TIMEOUT
+        from .leaks import is_lock_timeout, lock_timeout_explanation
+
+        if is_lock_timeout(call.excinfo.value):
+            report.sections.append(
+                ("harness: lock timeout", lock_timeout_explanation(TEST_LOCK_TIMEOUT))
+            )
+    return report

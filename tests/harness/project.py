@@ -19,9 +19,9 @@ _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 EXAMPLE_TABLE = """[tool.harness]
 name = "myservice"                       # credentials, stamps and directories derive from it
-services = ["postgres", "s3"]            # or ["postgres"]
+services = ["postgres"]                  # or ["postgres", "s3"]
 guarded_paths = ["tests/integration"]    # tests here need the real services
-adapter = "tests.app_adapter"            # the module that knows your app
+adapter = "tests.adapter"                # the module that knows your app
 alembic_config = "alembic.ini"           # or "pyproject.toml" ([tool.alembic])
 app_database_url_variable = "DATABASE_URL"
 drift_check = true"""
@@ -95,7 +95,7 @@ class Project:
 
     @property
     def services_file(self) -> Path:
-        """Where `make services-up` writes the warm services' variables."""
+        """Where the warm services (`python -m <core>.embedded up`) write their variables."""
         return self.root / ".services.env"
 
     @property

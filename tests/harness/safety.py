@@ -1,22 +1,24 @@
-"""Refuse a user-given database that holds tables the harness did not create.
+"""One look at the target server before any test runs: may the role create databases (then
+each run gets its own) or at least schemas (then a schema per run), and does a database you
+named yourself hold tables the harness did not create?
 
-URLs built from tox-docker's or the embedded launcher's variables point at
-throwaway servers and are trusted; an explicit TEST_DATABASE_URL may point at
-someone's real database, so it is inspected before any test runs.
+URLs built from tox-docker's or the embedded launcher's variables point at throwaway servers;
+an explicit TEST_DATABASE_URL may point at someone's real database, so it is inspected.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import asyncpg
 
+from .config import HarnessConfig
 from .contract import TEST_ALLOW_USER_TABLES
-from .guard import GuardError, mask_url
+from .guard import HOW_TO_START, GuardError, mask_url
 from .project import Project
 from .stamps import Stamp
 
-ALLOW_USER_TABLES_VARIABLE = TEST_ALLOW_USER_TABLES.name
 CONNECT_TIMEOUT_S = 10.0
 SHOWN_TABLES = 5
 
@@ -28,53 +30,93 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
   AND n.nspname NOT LIKE 'pg\\_%'
 ORDER BY 1, 2
 """
+_PRIVILEGES = """
+SELECT current_user, current_database(),
+       (SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user),
+       has_database_privilege(current_database(), 'CREATE')
+"""
 
 
-async def find_user_tables(project: Project, url: str) -> list[str]:
-    """Tables (schema.name) outside the schemas the harness stamped."""
+@dataclass(frozen=True)
+class ServerFacts:
+    role: str
+    database: str
+    can_create_databases: bool
+    can_create_schemas: bool
+    user_tables: list[str]
+
+
+async def inspect_server(project: Project, url: str) -> ServerFacts:
     dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
     conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
     try:
+        row = await conn.fetchrow(_PRIVILEGES)
+        assert row is not None  # one row, always
+        role, database, createdb, create = row
         rows = await conn.fetch(_TABLES)
     finally:
         await conn.close()
-    return [
-        f"{schema}.{table}"
-        for schema, table, comment in rows
-        if not Stamp.from_json(project, comment)
-    ]
+    tables = [f"{s}.{t}" for s, t, comment in rows if not Stamp.from_json(project, comment)]
+    return ServerFacts(role, database, bool(createdb), bool(create), tables)
 
 
-def check_database_is_for_tests(project: Project, url: str) -> None:
-    """Raise GuardError when TEST_DATABASE_URL holds tables the harness did not create."""
-    try:
-        tables = asyncio.run(find_user_tables(project, url))
-    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
-        raise GuardError(
-            "\n".join(
-                [
-                    "Integration tests cannot reach the database in TEST_DATABASE_URL.",
-                    f"  got:  TEST_DATABASE_URL={mask_url(url)!r}",
-                    f"  why:  {type(error).__name__}: {error}",
-                    "  fix:  start that server, correct the URL, or unset it and run "
-                    "`make test-integration`.",
-                ]
-            )
-        ) from None
-    if not tables:
-        return
-    shown = ", ".join(tables[:SHOWN_TABLES]) + (" ..." if len(tables) > SHOWN_TABLES else "")
-    raise GuardError(
+def _unreachable(config: HarnessConfig, error: BaseException) -> GuardError:
+    source = "TEST_DATABASE_URL" if config.explicit_database else "the test database"
+    return GuardError(
         "\n".join(
             [
-                f"Integration tests refuse a database that holds tables they did not create "
-                f"({len(tables)}: {shown}).",
-                f"  got:  TEST_DATABASE_URL={mask_url(url)!r}",
-                "  why:  it looks like a real database; the tests create and drop schemas in it.",
-                "  fix:  point TEST_DATABASE_URL at an empty test database, or unset it and run "
-                "`make test-integration`.",
-                f"        If you are sure, set {ALLOW_USER_TABLES_VARIABLE}=1 "
-                "(the tests still touch only their own stamped schema).",
+                f"Integration tests cannot reach {source}.",
+                f"  got:  {mask_url(config.database_url)!r}",
+                f"  why:  {type(error).__name__}: {error}",
+                f"  fix:  start that server, correct the URL, or unset it. {HOW_TO_START}",
             ]
         )
     )
+
+
+def choose_per_run(config: HarnessConfig, report: list[str]) -> str:
+    """ "database" or "schema": what each run (or worker) gets of its own. Raises GuardError
+    for a database the tests must not use; appends a note to `report` for the fallback."""
+    try:
+        facts = asyncio.run(inspect_server(config.project, config.database_url))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+        raise _unreachable(config, error) from None
+    shown = mask_url(config.database_url)
+    if not (facts.can_create_databases or facts.can_create_schemas):
+        raise GuardError(
+            "\n".join(
+                [
+                    f"Integration tests need a role that may create databases or schemas; "
+                    f"{facts.role!r} may create neither in {facts.database!r}.",
+                    f"  got:  {shown!r}",
+                    f"  fix:  ALTER ROLE {facts.role} CREATEDB; or GRANT CREATE ON DATABASE "
+                    f"{facts.database} TO {facts.role}; or unset the URL. {HOW_TO_START}",
+                ]
+            )
+        )
+    if config.explicit_database and facts.user_tables and not config.allow_user_tables:
+        tables = facts.user_tables
+        more = " ..." if len(tables) > SHOWN_TABLES else ""
+        raise GuardError(
+            "\n".join(
+                [
+                    "Integration tests refuse a database that holds tables they did not create "
+                    f"({len(tables)}: {', '.join(tables[:SHOWN_TABLES])}{more}).",
+                    f"  got:  TEST_DATABASE_URL={shown!r}",
+                    "  why:  it looks like a real database; the tests create and drop things "
+                    "beside it.",
+                    "  fix:  point TEST_DATABASE_URL at an empty test database, or unset it. "
+                    f"{HOW_TO_START}",
+                    f"        If you are sure, set {TEST_ALLOW_USER_TABLES.name}=1 "
+                    "(the tests still touch only what they stamped).",
+                ]
+            )
+        )
+    if facts.can_create_databases:
+        return "database"
+    report.append(
+        f"harness: role {facts.role!r} may not create databases, so each run gets a schema in "
+        f"{facts.database!r} instead (ALTER ROLE {facts.role} CREATEDB gives each its own "
+        "database, and full URLs for second connections)"
+    )
+    return "schema"

@@ -10,7 +10,7 @@ from sqlalchemy.pool import NullPool
 
 from .config import HarnessConfig, RunTargets
 from .isolation import create_test_engine
-from .janitor import SchemaJanitor
+from .janitor import run_store
 from .migrations import migrate
 from .stamps import RunNames
 
@@ -22,11 +22,11 @@ async def sandbox(
     """Create, stamp and migrate a schema (and, with S3, a bucket) named for this run and
     `worker`; yield the targets an app needs; drop both at exit (unless `keep`)."""
     names = RunNames(config.project, config.run_id, worker)
-    admin = create_test_engine(config.database_url, None, poolclass=NullPool)
     async with AsyncExitStack() as stack:
-        stack.push_async_callback(admin.dispose)
-        await stack.enter_async_context(SchemaJanitor(admin, names, keep=keep))
-        engine = create_test_engine(config.database_url, names.schema, poolclass=NullPool)
+        store = await stack.enter_async_context(
+            run_store(config.database_url, names, config.per_run, keep=keep)
+        )
+        engine = create_test_engine(store.url, store.schema, poolclass=NullPool)
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(lambda sync: migrate(config.project, sync))
@@ -38,4 +38,4 @@ async def sandbox(
 
             janitor = BucketJanitor(s3_client_for(config.s3), names, keep=keep)
             bucket = (await stack.enter_async_context(janitor)).bucket
-        yield RunTargets(config.database_url, names.schema, config.s3, bucket)
+        yield RunTargets(store.url, store.schema, config.s3, bucket)

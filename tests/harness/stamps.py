@@ -87,7 +87,10 @@ class RunNames:
 
     @property
     def schema(self) -> str:
+        """The name of the run's database (or, where the role may not create one, schema)."""
         return f"test_{self.run_id}_{self.worker}".replace("-", "_").lower()
+
+    database = schema
 
     @property
     def bucket(self) -> str:

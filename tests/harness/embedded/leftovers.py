@@ -26,16 +26,9 @@ PREFIX = "clean-leftovers:"
 
 
 async def _sweep_database(url: str, project: Project) -> list[str]:
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from sqlalchemy.pool import NullPool
+    from ..janitor import sweep_dead_stores
 
-    from ..janitor import sweep_dead_schemas
-
-    admin = create_async_engine(url, poolclass=NullPool)
-    try:
-        return await sweep_dead_schemas(admin, project, include_kept=True)
-    finally:
-        await admin.dispose()
+    return await sweep_dead_stores(url, project, include_kept=True)
 
 
 def _sweep_buckets(target: contract.S3Target, project: Project) -> list[str]:
@@ -73,7 +66,7 @@ def clean(settings: EmbeddedSettings, env: Mapping[str, str], report: TextIO = s
     failed = False
     if database.url is not None:
         try:
-            removed += [f"schema {n}" for n in asyncio.run(_sweep_database(database.url, project))]
+            removed += asyncio.run(_sweep_database(database.url, project))
         except Exception as exc:  # a service that is down: say so, go on with the rest
             failed = True
             print(f"{PREFIX} could not check {mask_url(database.url)}: {exc}", file=report)

