@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Generator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -196,11 +196,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.timeout(resolved.test_timeout_s, method="signal"))
 
 
+def _where_async_tests_hang(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
+    """The awaits the event loop's tasks were stuck in when pytest-timeout fired: for an async
+    test its traceback ends in the loop's selector, not in the test."""
+    import asyncio
+    import traceback
+
+    loops = {
+        id(loop): loop
+        for frame, _ in traceback.walk_tb(excinfo.tb)
+        if isinstance(loop := frame.f_locals.get("self"), asyncio.AbstractEventLoop)
+    }
+    stacks = []
+    for loop in loops.values():
+        for task in asyncio.all_tasks(loop):
+            frames, awaited = [], cast(object, task.get_coro())
+            while (frame := getattr(awaited, "cr_frame", None)) is not None:
+                frames.append((frame, frame.f_lineno))
+                awaited = getattr(awaited, "cr_await", None)
+            stacks.append("".join(traceback.StackSummary.extract(frames).format()))
+    return "\n".join(stacks)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """A lock wait that gave up gets an explanation in the test's report: why, and the fix."""
+    """A lock wait that gave up gets an explanation in the test's report: why, and the fix;
+    an async test stopped by pytest-timeout, the await where it hung."""
     report = yield
     if call.excinfo is not None and CONFIG in item.config.stash:
         from .janitor import TEST_LOCK_TIMEOUT
@@ -210,4 +233,8 @@ def pytest_runtest_makereport(
             report.sections.append(
                 ("harness: lock timeout", lock_timeout_explanation(TEST_LOCK_TIMEOUT))
             )
+        if str(call.excinfo.value).startswith("Timeout (>"):
+            where = _where_async_tests_hang(call.excinfo)
+            if where:
+                report.sections.append(("harness: where the test hung", where))
     return report

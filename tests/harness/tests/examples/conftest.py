@@ -27,6 +27,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         "resolutions": harness_config_module.resolutions,
         "run_id": resolved.run_id if resolved else None,
         "database_url": resolved.database_url if resolved else None,
+        "per_run": resolved.per_run if resolved else None,
         "tests": session.testscollected,
     }
     Path(folder, f"{process}.json").write_text(json.dumps(report))

@@ -53,10 +53,17 @@ async def test_the_session_scoped_fixtures(
     app: Any,
 ) -> None:
     async with engine.connect() as conn:
+        database = await conn.scalar(text("SELECT current_database()"))
         schema = await conn.scalar(text("SELECT current_schema()"))
 
-    assert schema == run_names.schema == run_targets.schema
-    assert database_url == harness_config.database_url == run_targets.database_url
+    assert database_url == harness_config.database_url  # the server's test database
+    if harness_config.per_run == "database":
+        assert database == run_names.database
+        assert (schema, run_targets.schema) == ("public", None)
+        assert run_targets.database_url.rsplit("/", 1)[1] == run_names.database
+    else:  # the fallback: a schema of the server's test database
+        assert schema == run_names.schema == run_targets.schema
+        assert run_targets.database_url == database_url
     assert s3_target is harness_config.s3 is run_targets.s3
     assert app_adapter.create_app is not None and app is not None
 

@@ -1,6 +1,6 @@
 """Run by test_safety.py with TEST_KEEP_ON_FAILURE=1; not collected on its own (examples/).
 
-One test passes, one fails: the run must keep its schema and bucket, stamped as kept.
+One test passes, one fails: the run must keep its database and bucket, stamped as kept.
 """
 
 from __future__ import annotations

@@ -30,11 +30,11 @@ async def test_a_worker_sees_only_its_own_rows_and_objects(
     await db_session.commit()
     await asyncio.to_thread(s3_client.put_object, Bucket=s3_bucket, Key=f"{WORKER}-{n}", Body=b"")
 
-    schema = await db_session.scalar(text("SELECT current_schema()"))
+    database = await db_session.scalar(text("SELECT current_database()"))
     titles = set((await db_session.execute(select(Note.title))).scalars())
     listing = await asyncio.to_thread(s3_client.list_objects_v2, Bucket=s3_bucket)
 
-    assert str(schema).endswith(f"_{WORKER}")
+    assert str(database).endswith(f"_{WORKER}")
     assert s3_bucket.endswith(f"-{WORKER}")
     assert titles == {f"{WORKER}-{n}"}
     assert [o["Key"] for o in listing.get("Contents", [])] == [f"{WORKER}-{n}"]

@@ -13,7 +13,8 @@ from tests.harness.isolation import create_test_engine
 
 @pytest_asyncio.fixture
 async def admin(database_url: str) -> AsyncIterator[AsyncEngine]:
-    """An engine outside any run schema, holding no connection between statements."""
+    """An engine on the server's test database (outside every run's database and schema),
+    holding no connection between statements."""
     engine = create_test_engine(database_url, None, poolclass=NullPool)
     yield engine
     await engine.dispose()

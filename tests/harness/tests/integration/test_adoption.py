@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.harness.config import HarnessConfig
 from tests.harness.project import load_project
 from tests.harness.stamps import RunNames
-from tests.harness.tests.helpers import names_for, schemas_like
+from tests.harness.tests.helpers import names_for, run_leftovers
 from tests.harness.tests.nested import REPO_ROOT, TIER_DIR, clean_environment, service_environment
 
 CORE = REPO_ROOT / "tests" / "harness"
@@ -92,8 +92,8 @@ from sqlalchemy import func, select, text
 
 from notes.models import Note
 
-STAMP = "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = :s"
-TABLES = "SELECT tablename FROM pg_tables WHERE schemaname = :s"
+STAMP = "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :d"
+TABLES = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
 
 
 def test_the_guard_passed_a_postgres_only_run(harness_config, request):
@@ -104,16 +104,16 @@ def test_the_guard_passed_a_postgres_only_run(harness_config, request):
         request.getfixturevalue("s3_bucket")
 
 
-async def test_the_run_has_one_stamped_and_migrated_schema(db_session, run_names):
-    schema = await db_session.scalar(text("SELECT current_schema()"))
-    stamp = json.loads(await db_session.scalar(text(STAMP), {"s": schema}))
-    tables = set((await db_session.execute(text(TABLES), {"s": schema})).scalars())
+async def test_the_run_has_one_stamped_and_migrated_database(db_session, run_names):
+    database = await db_session.scalar(text("SELECT current_database()"))
+    stamp = json.loads(await db_session.scalar(text(STAMP), {"d": database}))
+    tables = set((await db_session.execute(text(TABLES))).scalars())
     stamps = (await db_session.execute(text(
-        "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace "
-        "WHERE nspname LIKE 'test%'"))).scalars()
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+        "WHERE datname LIKE 'test%'"))).scalars()
     ours = [s for s in stamps if s and json.loads(s).get("run") == run_names.run_id]
 
-    assert schema == run_names.schema
+    assert database == run_names.database
     assert (stamp["created_by"], stamp["run"]) == ("notes-test-harness", run_names.run_id)
     assert tables == {"notes", "alembic_version"}
     assert len(ours) == 1
@@ -232,7 +232,7 @@ async def test_a_postgres_only_project_adopts_the_core_by_copying_it(
     assert "5 passed" in result.stdout
     assert changed == 0, f"{changed} changed lines in the copied core (at most {MAX_CHANGED_LINES})"
     assert adapter_lines <= MAX_ADAPTER_LINES
-    assert await schemas_like(admin, f"test\\_{child_run}%") == []
+    assert await run_leftovers(admin, child_run) == []
 
 
 def test_the_adopted_projects_guard_stops_a_wrong_url_before_collection(

@@ -1,5 +1,6 @@
-"""The harness's own promises on the real services: the run's stamped schema, migrations up
-and down, the drift check, refusal of unstamped schemas, and a run that leaves nothing."""
+"""The harness's own promises on the real services: the run's own stamped database (or, as
+a fallback, schema), migrations up and down, the drift check, refusal of what the run did not
+stamp, and a run that leaves nothing."""
 
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.pool import NullPool
 
 from tests.harness.adapter import AppAdapter
-from tests.harness.config import HarnessConfig
+from tests.harness.config import HarnessConfig, RunTargets
 from tests.harness.isolation import create_test_engine
-from tests.harness.janitor import SchemaJanitor, stamp_schema
+from tests.harness.janitor import TEST_LOCK_TIMEOUT, RunStore, run_store
 from tests.harness.migrations import downgrade, drift, migrate
 from tests.harness.stamps import JanitorRefusal, RunNames
-from tests.harness.tests.helpers import drop_schema, names_for, schema_exists
+from tests.harness.tests.helpers import ScratchStore, names_for, run_leftovers, schema_exists
 from tests.harness.tests.nested import EXAMPLES, run_nested_pytest
 from tests.harness.tests.sample.models import Note
 
@@ -33,20 +34,46 @@ if TYPE_CHECKING:
 MARKER_KEY = "isolation-probe"
 MARKER_TITLE = "isolation-probe-note"
 FIXTURES_PROBE = str(EXAMPLES / "fixtures_probe.py")
+KINDS = ["database", "schema"]
+_STAMP = "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :d"
 
 
-async def test_the_session_works_in_the_runs_own_stamped_schema(
-    db_session: AsyncSession, run_names: RunNames
+async def test_the_session_works_in_the_runs_own_stamped_database(
+    db_session: AsyncSession,
+    run_names: RunNames,
+    run_targets: RunTargets,
+    harness_config: HarnessConfig,
+    admin: AsyncEngine,
 ) -> None:
+    database = await db_session.scalar(text("SELECT current_database()"))
     schema = await db_session.scalar(text("SELECT current_schema()"))
-    stamp = await db_session.scalar(
-        text("SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = :s"),
-        {"s": schema},
-    )
+    lock_timeout = await db_session.scalar(text("SELECT current_setting('lock_timeout')"))
+    stamp = json.loads(await db_session.scalar(text(_STAMP), {"d": database}))
 
-    assert schema == run_names.schema
-    assert json.loads(stamp)["created_by"] == run_names.project.stamp_mark == "sample-test-harness"
-    assert json.loads(stamp)["run"] == run_names.run_id
+    assert harness_config.per_run == "database"  # the test role may create databases
+    assert database == run_names.database
+    assert (schema, run_targets.schema) == ("public", None)
+    assert stamp["created_by"] == run_names.project.stamp_mark == "sample-test-harness"
+    assert stamp["run"] == run_names.run_id
+    assert lock_timeout == TEST_LOCK_TIMEOUT
+    # The server's test database holds nothing of the run's; the leftover checks see the run.
+    assert not await schema_exists(admin, run_names.schema)
+    assert f"database {run_names.database}" in await run_leftovers(admin, run_names.run_id)
+
+
+async def test_run_database_url_reaches_the_runs_database_with_its_password(
+    run_database_url: str, run_targets: RunTargets, run_names: RunNames
+) -> None:
+    other = create_test_engine(run_database_url, None, poolclass=NullPool)
+    try:
+        async with other.connect() as conn:
+            database = await conn.scalar(text("SELECT current_database()"))
+    finally:
+        await other.dispose()
+
+    assert database == run_names.database
+    assert run_database_url == run_targets.database_url
+    assert "***" not in run_database_url
 
 
 async def test_rows_and_objects_written_here(
@@ -68,29 +95,30 @@ async def test_are_not_visible_to_the_next_test(
     assert listing.get("KeyCount", 0) == 0
 
 
-@pytest_asyncio.fixture
-async def scratch_schema(
-    admin: AsyncEngine, database_url: str, run_names: RunNames
-) -> AsyncIterator[tuple[AsyncEngine, SchemaJanitor]]:
-    """A second stamped schema of this run, for tests that migrate up and down."""
+@pytest_asyncio.fixture(params=KINDS)
+async def scratch_store(
+    request: pytest.FixtureRequest, database_url: str, run_names: RunNames
+) -> AsyncIterator[tuple[AsyncEngine, RunStore]]:
+    """A second stamped database (or schema, the fallback) of this run, for tests that
+    migrate up and down."""
     names = RunNames(
         run_names.project, run_names.run_id, f"{run_names.worker}_scratch_{uuid.uuid4().hex[:6]}"
     )
-    scoped = create_test_engine(database_url, names.schema, poolclass=NullPool)
-    try:
-        async with SchemaJanitor(admin, names) as janitor:
-            yield scoped, janitor
-    finally:
-        await scoped.dispose()
+    async with run_store(database_url, names, request.param) as store:
+        scoped = create_test_engine(store.url, store.schema, poolclass=NullPool)
+        try:
+            yield scoped, store
+        finally:
+            await scoped.dispose()
 
 
 async def test_migrations_upgrade_to_head_and_downgrade_to_base(
-    scratch_schema: tuple[AsyncEngine, SchemaJanitor], app_adapter: AppAdapter
+    scratch_store: tuple[AsyncEngine, RunStore], app_adapter: AppAdapter
 ) -> None:
-    engine, janitor = scratch_schema
-    project = janitor.names.project
+    engine, store = scratch_store
+    project = store.names.project
     listing = text("SELECT tablename FROM pg_tables WHERE schemaname = :s ORDER BY 1")
-    params = {"s": janitor.names.schema}
+    params = {"s": store.schema or "public"}
 
     async with engine.begin() as conn:
         await conn.run_sync(lambda sync: migrate(project, sync))
@@ -117,51 +145,53 @@ async def test_drift_check_reports_a_model_without_a_migration(
     assert any(diff[0] == "add_table" and diff[1].name == "not_migrated" for diff in differences)
 
 
-async def test_janitor_refuses_to_drop_or_truncate_a_schema_without_its_stamp(
-    admin: AsyncEngine, run_names: RunNames
+@pytest.mark.parametrize("kind", KINDS)
+async def test_janitor_refuses_to_drop_or_truncate_what_carries_no_stamp(
+    admin: AsyncEngine, database_url: str, run_names: RunNames, kind: str
 ) -> None:
-    names = names_for(run_names, "unstamped")
-    async with admin.begin() as conn:
-        await conn.execute(text(f'CREATE SCHEMA "{names.schema}"'))
-        await conn.execute(text(f'CREATE TABLE "{names.schema}".precious (id int)'))
-        await conn.execute(text(f'INSERT INTO "{names.schema}".precious VALUES (1)'))
+    store = ScratchStore(kind, admin, database_url, names_for(run_names, "unstamped"))
+    await store.create(stamp=None)
     try:
-        janitor = SchemaJanitor(admin, names)
+        janitor = store.janitor()
         with pytest.raises(JanitorRefusal, match="does not carry this run's stamp"):
             await janitor.__aexit__(None, None, None)
         with pytest.raises(JanitorRefusal, match="does not carry this run's stamp"):
-            async with admin.begin() as conn:
+            async with store.begin() as conn:
                 await janitor.truncate(conn, ["precious"])
 
-        assert await schema_exists(admin, names.schema)
-        async with admin.connect() as conn:
-            rows = await conn.scalar(text(f'SELECT count(*) FROM "{names.schema}".precious'))
-        assert rows == 1
+        assert await store.exists()
+        assert await store.rows() == 1
     finally:
-        await drop_schema(admin, names.schema)
+        await store.drop()
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("owner", ["another run", "another project"])
-async def test_janitor_refuses_a_schema_stamped_by_someone_else(
-    admin: AsyncEngine, run_names: RunNames, owner: str
+async def test_janitor_refuses_what_someone_else_stamped(
+    admin: AsyncEngine, database_url: str, run_names: RunNames, owner: str, kind: str
 ) -> None:
-    names = names_for(run_names, "foreign")
-    stamp = names.stamp()
+    store = ScratchStore(kind, admin, database_url, names_for(run_names, "foreign"))
+    stamp = store.names.stamp()
     if owner == "another run":
-        stamp = replace(stamp, run=f"{names.run_id}_not_ours")
+        stamp = replace(stamp, run=f"{store.names.run_id}_not_ours")
     else:
         stamp = replace(stamp, created_by="other-test-harness")
-    async with admin.begin() as conn:
-        await stamp_schema(conn, names.schema, stamp, create=True)
+    await store.create(stamp)
     try:
+        janitor = store.janitor()
         with pytest.raises(JanitorRefusal, match="does not carry this run's stamp"):
-            await SchemaJanitor(admin, names).__aexit__(None, None, None)
-        assert await schema_exists(admin, names.schema)
+            await janitor.__aexit__(None, None, None)
+        with pytest.raises(JanitorRefusal, match="does not carry this run's stamp"):
+            async with store.begin() as conn:
+                await janitor.truncate(conn, ["precious"])
+
+        assert await store.exists()
+        assert await store.rows() == 1
     finally:
-        await drop_schema(admin, names.schema)
+        await store.drop()
 
 
-async def test_a_run_leaves_no_schema_and_no_bucket_behind(
+async def test_a_run_leaves_no_database_no_schema_and_no_bucket_behind(
     harness_config: HarnessConfig,
     admin: AsyncEngine,
     s3_client: S3Client,
@@ -181,7 +211,7 @@ async def test_a_run_leaves_no_schema_and_no_bucket_behind(
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "9 passed" in result.stdout
-    assert not await schema_exists(admin, child.schema)
+    assert await run_leftovers(admin, child.run_id) == []
     assert child.bucket not in {b["Name"] for b in buckets.get("Buckets", [])}
     # Every core fixture and the adapter's, and still one resolution in the whole session.
     assert report["resolutions"] == 1

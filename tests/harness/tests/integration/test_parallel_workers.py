@@ -1,4 +1,4 @@
-"""xdist workers share one set of services, each with its own schema and bucket, and take
+"""xdist workers share one set of services, each with its own database and bucket, and take
 the controller's resolved configuration instead of resolving again."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.harness.config import HarnessConfig
 from tests.harness.stamps import RunNames
-from tests.harness.tests.helpers import names_for, schemas_like
+from tests.harness.tests.helpers import names_for, run_leftovers
 from tests.harness.tests.nested import EXAMPLES, run_nested_pytest
 
 if TYPE_CHECKING:
@@ -21,10 +21,10 @@ if TYPE_CHECKING:
 
 
 async def _leftovers(admin: AsyncEngine, s3_client: S3Client, child_run: str) -> list[str]:
-    schemas = await schemas_like(admin, f"test\\_{child_run}%")
+    stores = await run_leftovers(admin, child_run)
     buckets = await asyncio.to_thread(s3_client.list_buckets)
     dashed = child_run.replace("_", "-").lower()
-    return schemas + [b["Name"] for b in buckets.get("Buckets", []) if dashed in b["Name"]]
+    return stores + [b["Name"] for b in buckets.get("Buckets", []) if dashed in b["Name"]]
 
 
 def _reports(folder: Path) -> dict[str, dict[str, Any]]:
@@ -69,4 +69,5 @@ async def test_workers_take_the_controllers_targets_and_never_resolve(
     assert len({r["pid"] for r in reports.values()}) == 3
     assert {r["run_id"] for r in reports.values()} == {child_run}
     assert len({r["database_url"] for r in reports.values()}) == 1
+    assert {r["per_run"] for r in reports.values()} == {"database"}  # decided once, taken
     assert await _leftovers(admin, s3_client, child_run) == []

@@ -18,9 +18,18 @@ from sqlalchemy.pool import NullPool
 from tests.harness.buckets import BucketJanitor, sweep_dead_buckets
 from tests.harness.config import HarnessConfig
 from tests.harness.isolation import create_test_engine
-from tests.harness.janitor import SchemaJanitor, stamp_schema, sweep_dead_schemas
+from tests.harness.janitor import DatabaseJanitor, sweep_dead_stores
 from tests.harness.stamps import JanitorRefusal, RunNames, Stamp
-from tests.harness.tests.helpers import dead_pid, drop_schema, names_for, schema_exists
+from tests.harness.tests.helpers import (
+    ScratchStore,
+    autocommit,
+    database_exists,
+    database_stamp,
+    dead_pid,
+    engine_on,
+    names_for,
+    run_leftovers,
+)
 from tests.harness.tests.nested import EXAMPLES, run_nested_pytest
 
 if TYPE_CHECKING:
@@ -28,50 +37,48 @@ if TYPE_CHECKING:
 
 FIXTURES_PROBE = str(EXAMPLES / "fixtures_probe.py")
 KEEP_PROBE = str(EXAMPLES / "keep_probe.py")
+SURVIVORS = ("live", "kept", "foreign", "unstamped")
 
 
-async def _create_schema(admin: AsyncEngine, names: RunNames, stamp: Stamp) -> None:
-    async with admin.begin() as conn:
-        await stamp_schema(conn, names.schema, stamp, create=True)
-
-
-async def test_sweep_drops_a_dead_runs_schema_and_keeps_live_kept_and_foreign_ones(
-    admin: AsyncEngine, run_names: RunNames
+@pytest.mark.parametrize("kind", ["database", "schema"])
+async def test_sweep_drops_a_dead_runs_store_and_keeps_live_kept_foreign_and_unstamped_ones(
+    admin: AsyncEngine, database_url: str, run_names: RunNames, kind: str
 ) -> None:
-    dead, live, kept, foreign = (
-        names_for(run_names, n) for n in ("dead", "live", "kept", "foreign")
-    )
+    stores = {
+        label: ScratchStore(kind, admin, database_url, names_for(run_names, label))
+        for label in ("dead", *SURVIVORS)
+    }
     pid = dead_pid()
-    await _create_schema(admin, dead, replace(dead.stamp(), pid=pid))
-    await _create_schema(admin, live, live.stamp())  # this process: alive
-    await _create_schema(admin, kept, replace(kept.stamp(), pid=pid, kept=True))
-    other_project = replace(foreign.stamp(), pid=pid, created_by="other-test-harness")
-    await _create_schema(admin, foreign, other_project)
+    stamps: dict[str, Stamp | None] = {
+        "dead": replace(stores["dead"].names.stamp(), pid=pid),
+        "live": stores["live"].names.stamp(),  # this process: alive
+        "kept": replace(stores["kept"].names.stamp(), pid=pid, kept=True),
+        "foreign": replace(
+            stores["foreign"].names.stamp(), pid=pid, created_by="other-test-harness"
+        ),
+        "unstamped": None,
+    }
     try:
-        dropped = await sweep_dead_schemas(admin, run_names.project)
+        for label, store in stores.items():
+            await store.create(stamps[label])
+        removed = await sweep_dead_stores(database_url, run_names.project)
 
-        assert dead.schema in dropped
-        assert not await schema_exists(admin, dead.schema)
-        for survivor in (live, kept, foreign):
-            assert await schema_exists(admin, survivor.schema), survivor.schema
+        assert f"{kind} {stores['dead'].name}" in removed
+        assert not await stores["dead"].exists()
+        for label in SURVIVORS:
+            assert await stores[label].exists(), label
+            assert await stores[label].rows() == 1, label
+
+        # `make clean-leftovers` also removes a dead run's kept state, and nothing else.
+        removed = await sweep_dead_stores(database_url, run_names.project, include_kept=True)
+
+        assert f"{kind} {stores['kept'].name}" in removed
+        assert not await stores["kept"].exists()
+        for label in ("live", "foreign", "unstamped"):
+            assert await stores[label].exists(), label
     finally:
-        for names in (dead, live, kept, foreign):
-            await drop_schema(admin, names.schema)
-
-
-async def test_sweep_never_touches_an_unstamped_schema(
-    admin: AsyncEngine, run_names: RunNames
-) -> None:
-    names = names_for(run_names, "nostamp")
-    async with admin.begin() as conn:
-        await conn.execute(text(f'CREATE SCHEMA "{names.schema}"'))
-        await conn.execute(text(f'CREATE TABLE "{names.schema}".precious (id int)'))
-    try:
-        await sweep_dead_schemas(admin, run_names.project, include_kept=True)
-
-        assert await schema_exists(admin, names.schema)
-    finally:
-        await drop_schema(admin, names.schema)
+        for store in stores.values():
+            await store.drop()
 
 
 def _create_bucket(client: S3Client, names: RunNames, stamp: Stamp | None) -> None:
@@ -157,7 +164,7 @@ async def dev_database(admin: AsyncEngine, database_url: str) -> AsyncIterator[s
 
 
 async def test_a_database_with_user_tables_is_refused_before_any_test_and_left_untouched(
-    harness_config: HarnessConfig, dev_database: str, run_names: RunNames
+    harness_config: HarnessConfig, admin: AsyncEngine, dev_database: str, run_names: RunNames
 ) -> None:
     result = await run_nested_pytest(
         harness_config,
@@ -176,6 +183,7 @@ async def test_a_database_with_user_tables_is_refused_before_any_test_and_left_u
             ).all()
     finally:
         await dev.dispose()
+    created = await run_leftovers(admin, f"{run_names.run_id}_refused")
 
     assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
     assert "refuse a database that holds tables they did not create" in result.stderr
@@ -184,10 +192,15 @@ async def test_a_database_with_user_tables_is_refused_before_any_test_and_left_u
     assert "collected" not in result.stdout
     assert [tuple(r) for r in rows] == [(1, "ada"), (2, "grace")]
     assert schemas == []
+    assert created == []  # no database of the run either
 
 
-async def test_a_failed_run_keeps_its_schema_and_bucket_on_request_and_only_then(
-    harness_config: HarnessConfig, admin: AsyncEngine, s3_client: S3Client, run_names: RunNames
+async def test_a_failed_run_keeps_its_database_and_bucket_on_request_and_only_then(
+    harness_config: HarnessConfig,
+    admin: AsyncEngine,
+    database_url: str,
+    s3_client: S3Client,
+    run_names: RunNames,
 ) -> None:
     child = names_for(run_names, "keep")
     child = RunNames(child.project, child.run_id, "main")
@@ -195,44 +208,40 @@ async def test_a_failed_run_keeps_its_schema_and_bucket_on_request_and_only_then
         harness_config, [KEEP_PROBE], run_id=child.run_id, env={"TEST_KEEP_ON_FAILURE": "1"}
     )
     try:
-        async with admin.connect() as conn:
-            comment = await conn.scalar(
-                text(
-                    "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace "
-                    "WHERE nspname = :s"
-                ),
-                {"s": child.schema},
-            )
-            tables = set(
-                (
-                    await conn.execute(
-                        text("SELECT tablename FROM pg_tables WHERE schemaname = :s"),
-                        {"s": child.schema},
-                    )
-                ).scalars()
-            )
+        comment = await database_stamp(admin, child.database)
+        kept = engine_on(database_url, child.database)
+        try:
+            async with kept.connect() as conn:
+                listing = text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                tables = set((await conn.execute(listing)).scalars())
+        finally:
+            await kept.dispose()
         tags = await asyncio.to_thread(s3_client.get_bucket_tagging, Bucket=child.bucket)
         bucket_stamp = Stamp.parse(child.project, {t["Key"]: t["Value"] for t in tags["TagSet"]})
 
         assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout + result.stderr
         assert "1 failed, 1 passed" in result.stdout
-        schema_stamp = Stamp.from_json(child.project, comment)
-        assert schema_stamp is not None and schema_stamp.kept, comment
-        assert schema_stamp.run == child.run_id
+        database_stamped = Stamp.from_json(child.project, comment)
+        assert database_stamped is not None and database_stamped.kept, comment
+        assert database_stamped.run == child.run_id
         assert tables == {"notes", "alembic_version"}
         assert bucket_stamp is not None and bucket_stamp.kept
         # A normal sweep leaves kept state alone (`clean` would remove it, with include_kept).
-        assert child.schema not in await sweep_dead_schemas(admin, child.project)
+        assert f"database {child.database}" not in await sweep_dead_stores(
+            database_url, child.project
+        )
         assert child.bucket not in await asyncio.to_thread(
             sweep_dead_buckets, s3_client, child.project
         )
     finally:
-        # Exactly the child's schema and bucket, through its stamp.
-        if await schema_exists(admin, child.schema):
-            await SchemaJanitor(admin, child).__aexit__(None, None, None)
+        # Exactly the child's database and bucket, through its stamp.
+        if await database_exists(admin, child.database):
+            await DatabaseJanitor(autocommit(admin), database_url, child).__aexit__(
+                None, None, None
+            )
         if child.bucket in _bucket_names(s3_client):
             await BucketJanitor(s3_client, child).__aexit__(None, None, None)
-    assert not await schema_exists(admin, child.schema)
+    assert await run_leftovers(admin, child.run_id) == []
     assert child.bucket not in _bucket_names(s3_client)
 
 
@@ -245,5 +254,5 @@ async def test_without_the_request_a_failed_run_leaves_nothing(
     buckets = _bucket_names(s3_client)
 
     assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout + result.stderr
-    assert not await schema_exists(admin, child.schema)
+    assert await run_leftovers(admin, child.run_id) == []
     assert child.bucket not in buckets

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from tests.harness import config
 from tests.harness.adapter import AppAdapter
@@ -88,14 +88,18 @@ async def test_an_unknown_note_is_404(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.real_commits
 async def test_real_commits_through_the_app_reach_a_second_connection(
-    client: httpx.AsyncClient, db_session: AsyncSession, engine: AsyncEngine
+    client: httpx.AsyncClient, db_session: AsyncSession, run_database_url: str
 ) -> None:
     created = await client.post("/notes", json={"title": "committed-for-real"})
     db_session.add(Note(title="committed-for-real", body="by the test"))
     await db_session.commit()
 
-    async with AsyncSession(engine) as other:
-        seen = await count_notes(other, "committed-for-real")
+    second = create_async_engine(run_database_url)  # an engine of the test's own
+    try:
+        async with AsyncSession(second) as other:
+            seen = await count_notes(other, "committed-for-real")
+    finally:
+        await second.dispose()
 
     assert created.status_code == 201
     assert seen == 2

@@ -164,6 +164,25 @@ def test_refuses_anything_but_postgresql_asyncpg(url: str) -> None:
     assert "TEST_DATABASE_URL=" in message
 
 
+@pytest.mark.parametrize("database", ["postgres", "template0", "template1"])
+@pytest.mark.parametrize("variable", ["TEST_DATABASE_URL", "POSTGRES_DB"])
+def test_refuses_the_servers_own_databases_and_names_a_test_database_instead(
+    database: str, variable: str
+) -> None:
+    env = (
+        {"TEST_DATABASE_URL": GOOD_URL.replace("/sample_test", f"/{database}")}
+        if variable == "TEST_DATABASE_URL"
+        else {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "5432", "POSTGRES_DB": database}
+    )
+    with pytest.raises(guard.GuardError) as refusal:
+        _check({**env, **GOOD_S3})
+
+    message = str(refusal.value)
+    assert message.startswith(f"Integration tests refuse the server's own database {database!r}.")
+    assert "fix:  name a test database of its own, e.g. POSTGRES_DB=sample_test" in message
+    assert "hunter2" not in message
+
+
 def test_masks_the_password_but_shows_the_rest() -> None:
     with pytest.raises(guard.GuardError) as refusal:
         _check({"TEST_DATABASE_URL": "postgresql://me:s3cret@db.local:5432/app", **GOOD_S3})
@@ -180,7 +199,7 @@ def test_missing_url_names_every_way_to_provide_one_and_warns_about_the_apps_url
 
     message = str(refusal.value)
     assert message.startswith(NONE_CONFIGURED)
-    for name in ("TEST_DATABASE_URL", "POSTGRES_HOST", "POSTGRES_PORT", "make test-integration"):
+    for name in ("TEST_DATABASE_URL", "POSTGRES_HOST", "POSTGRES_PORT", "embedded run -- pytest"):
         assert name in message
     assert "SAMPLE_DATABASE_URL is set, but the integration tests never use it" in message
     assert "pw@prod" not in message
