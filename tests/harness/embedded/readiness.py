@@ -9,8 +9,10 @@ a port that was retried. Standard library only: pytest reads it before collectio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +31,21 @@ LAUNCHER = f"python -m {__package__} run"
 
 class ServicesNotReadyError(RuntimeError):
     """The ready file did not appear in time, or the launcher is gone; str() says the fix."""
+
+
+def armed_marker(ready_file: Path) -> Path:
+    """Created by the command once it handles Ctrl-C itself (see arm_interrupts)."""
+    return ready_file.with_name(ready_file.name + ".armed")
+
+
+def arm_interrupts(ready_file: Path) -> None:
+    """The launcher starts its command with SIGINT ignored, so a Ctrl-C while the command is
+    still importing cannot end it in a traceback (the launcher stops it with SIGTERM instead).
+    A command that can handle Ctrl-C from here on restores it and tells the launcher."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    with contextlib.suppress(OSError):  # the launcher may be gone already: it will say so
+        armed_marker(ready_file).touch()
 
 
 def mark_ready(path: Path, env: Mapping[str, str]) -> None:
@@ -120,5 +137,6 @@ def wait_for_services(settings: EmbeddedSettings, env: Mapping[str, str]) -> dic
     path = ready_file_of(settings.project, env)
     if path is None:
         return {}
+    arm_interrupts(path)
     variable = settings.project.ready_file_variable
     return read_ready_file(path, wait_timeout(settings), variable=variable)

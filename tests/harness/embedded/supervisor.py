@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
@@ -31,7 +32,7 @@ from .procs import (
     signals_blocked,
     stop_process,
 )
-from .readiness import mark_ready
+from .readiness import armed_marker, mark_ready
 
 CHILD_GRACE_S = 3.0  # for the child to exit after SIGTERM (or the signal it already had)
 EXIT_CANNOT_START = 3
@@ -58,11 +59,17 @@ def _terminal_already_signalled_child() -> bool:
         return False
 
 
+def _ignore_sigint() -> None:
+    """preexec_fn: the command starts with Ctrl-C ignored until it arms (readiness.py)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _Child:
     """The wrapped command, started once and never restarted."""
 
     def __init__(self, cmd: Sequence[str]) -> None:
         self.cmd = list(cmd)
+        self.armed: Path | None = None  # the marker the command creates once it handles SIGINT
         self.proc: subprocess.Popen[bytes] | None = None
         self.received: list[int] = []
         # Until the child owns the outcome, a signal also stops the launcher's own work.
@@ -72,11 +79,12 @@ class _Child:
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         """Forward SIGINT/SIGTERM to the child; before the hand-over, also stop the launch."""
         self.received.append(signum)
-        if (
-            self.proc is not None
-            and self.proc.poll() is None
-            and not (signum == signal.SIGINT and _terminal_already_signalled_child())
-        ):
+        running = self.proc is not None and self.proc.poll() is None
+        if running and self.armed is not None and not self.armed.exists():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)  # it ignores SIGINT until it can handle it
+        elif running and not (signum == signal.SIGINT and _terminal_already_signalled_child()):
+            assert self.proc is not None
             self.proc.send_signal(signum)
         if not (self.handed_over or self._starting):
             raise _Interrupted(signum)
@@ -84,13 +92,15 @@ class _Child:
     def start(self, added: Mapping[str, str]) -> None:
         self._starting = True  # raising inside Popen could lose track of the process
         try:
-            self.proc = subprocess.Popen(self.cmd, env={**os.environ, **added})
+            preexec = _ignore_sigint if self.armed is not None else None
+            self.proc = subprocess.Popen(self.cmd, env={**os.environ, **added}, preexec_fn=preexec)
         except OSError as exc:
             raise _CannotRun(f"cannot run {shlex.join(self.cmd)}: {exc}") from None
         finally:
             self._starting = False
         if self.received:  # a signal came while the child was being started
-            self.proc.send_signal(self.received[0])
+            unarmed = self.armed is not None and not self.armed.exists()
+            self.proc.send_signal(signal.SIGTERM if unarmed else self.received[0])
             if not self.handed_over:
                 raise _Interrupted(self.received[0])
 
@@ -121,6 +131,7 @@ def _launch_and_run(
 ) -> int:
     ready_variable = {running.settings.project.ready_file_variable: str(running.ready_file)}
     if not after_ready:
+        child.armed = armed_marker(running.ready_file)
         child.start(ready_variable)  # its start-up overlaps the servers'
     running.start(report)
     if not after_ready:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import re
 import selectors
 import signal
@@ -690,4 +691,41 @@ def test_after_a_port_retry_the_child_is_not_restarted_and_reads_the_final_ports
     assert (pg_answer, s3_status) == (1, 200)
     assert str(taken) not in ports.values()
     assert handed_out[taken_at] == taken
+    assert_nothing_left(run_base, [])
+
+
+# A command still importing (it has not armed Ctrl-C yet): it must end without a traceback.
+CHILD_STILL_IMPORTING = """
+import signal, sys, time
+print("child-started", signal.getsignal(signal.SIGINT) is signal.SIG_IGN, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("to_group", [False, True], ids=["launcher", "terminal-group"])
+def test_ctrl_c_before_the_command_arms_ends_it_quietly_and_removes_everything(
+    project: Project, run_base: Path, cache_dir: Path, to_group: bool
+) -> None:
+    runner = subprocess.Popen(
+        [sys.executable, "-m", PACKAGE, "run", "--", sys.executable, "-c", CHILD_STILL_IMPORTING],
+        cwd=project.root,
+        env=cli_env(run_base, cache_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as a terminal's foreground job is
+    )
+    ignored = _read_line_with(runner, "child-started").split()[1]
+
+    started = time.monotonic()
+    if to_group:
+        os.killpg(runner.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    else:
+        runner.send_signal(signal.SIGINT)
+    _, err = runner.communicate(timeout=DEADLINE_S)
+
+    assert ignored == "True"  # the command starts with SIGINT ignored until it arms
+    assert runner.returncode == 130
+    assert time.monotonic() - started < 5
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert_nothing_left(run_base, [])
