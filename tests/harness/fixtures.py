@@ -18,11 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from .adapter import AdapterError, AppAdapter, check_session_dependency
 from .config import HarnessConfig, RunTargets
 from .isolation import create_test_engine, savepoint_session
-from .janitor import RunStore, run_store, sweep_dead_stores
+from .janitor import RunStore, run_store
 from .leaks import Baseline, LeftBehindError, table_counts, undo_leftovers
-from .migrations import MigrationError, drift, drift_message, migrate
+from .migrations import MigrationError, prepare
 from .plugin import ADAPTER, CONFIG
 from .stamps import RunNames
+from .sweeps import sweep_dead_stores
+from .templates import ensure_template
 
 
 def stop_run(config: pytest.Config, message: str) -> NoReturn:
@@ -83,7 +85,15 @@ async def _run_store(
     if sweeps(run_names):
         removed = await sweep_dead_stores(server_url, harness_config.project)
         report_removed(request, "", removed)
-    async with run_store(server_url, run_names, harness_config.per_run) as store:
+    template = None
+    if harness_config.per_run == "database":
+        metadata = request.getfixturevalue("app_adapter").metadata
+        try:
+            template = await ensure_template(server_url, harness_config.project, metadata)
+        except MigrationError as exc:
+            stop_run(request.config, str(exc))
+    per_run = harness_config.per_run
+    async with run_store(server_url, run_names, per_run, template=template) as store:
         yield store
         store.keep = keep_on_failure(request, harness_config)
 
@@ -95,18 +105,15 @@ async def _migrated(
     app_adapter: AppAdapter,
     _run_store: RunStore,
 ) -> AsyncIterator[tuple[AsyncEngine, Baseline]]:
-    project = harness_config.project
+    project, metadata = harness_config.project, app_adapter.metadata
     engine = create_test_engine(_run_store.url, _run_store.schema)
     try:
         async with engine.begin() as conn:
-            try:
-                await conn.run_sync(lambda sync: migrate(project, sync))
-            except MigrationError as exc:
-                stop_run(request.config, str(exc))
-            if project.drift_check:
-                differences = await conn.run_sync(drift, app_adapter.metadata)
-                if differences:
-                    stop_run(request.config, drift_message(project, differences))
+            if _run_store.schema is not None:  # no template: migrate the run's own schema
+                try:
+                    await conn.run_sync(lambda sync: prepare(sync, project, metadata))
+                except MigrationError as exc:
+                    stop_run(request.config, str(exc))
             tables = [t.name for t in app_adapter.metadata.sorted_tables]
             baseline = Baseline(tables, await table_counts(conn, tables))
         yield engine, baseline

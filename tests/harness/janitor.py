@@ -10,7 +10,6 @@ from types import TracebackType
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .project import Project
 from .stamps import RunNames, Stamp
 
 # Every cleanup statement has a deadline: a session left open by a test must not hang the run.
@@ -42,7 +41,7 @@ async def stamp_schema(conn: AsyncConnection, schema: str, stamp: Stamp, *, crea
     )
 
 
-async def _set_cleanup_deadline(conn: AsyncConnection) -> None:
+async def set_cleanup_deadline(conn: AsyncConnection) -> None:
     await conn.execute(text(f"SET LOCAL lock_timeout = '{CLEANUP_LOCK_TIMEOUT}'"))
 
 
@@ -76,7 +75,7 @@ class SchemaJanitor:
     async def truncate(self, conn: AsyncConnection, tables: Sequence[str]) -> None:
         """Empty the given tables of this run's schema (after a real-commit test)."""
         await self.assert_stamped(conn)
-        await _set_cleanup_deadline(conn)
+        await set_cleanup_deadline(conn)
         quote = conn.dialect.identifier_preparer.quote_identifier
         schema = self._quoted(conn)
         names = ", ".join(f"{schema}.{quote(t)}" for t in tables)
@@ -96,34 +95,8 @@ class SchemaJanitor:
                 return
             # DROP SCHEMA waits for open transactions in it; the lock timeout turns a
             # stuck one into an error instead of a hang.
-            await _set_cleanup_deadline(conn)
+            await set_cleanup_deadline(conn)
             await conn.execute(text(f"DROP SCHEMA {self._quoted(conn)} CASCADE"))
-
-
-async def sweep_dead_schemas(
-    admin: AsyncEngine, project: Project, *, include_kept: bool = False
-) -> list[str]:
-    """Drop the schemas of this project's harness runs on this machine whose process is gone."""
-    async with admin.connect() as conn:
-        rows = (
-            await conn.execute(
-                text(
-                    "SELECT nspname, obj_description(oid, 'pg_namespace') FROM pg_namespace "
-                    "WHERE nspname LIKE 'test\\_%'"
-                )
-            )
-        ).all()
-    dropped = []
-    for name, comment in rows:
-        stamp = Stamp.from_json(project, comment)
-        if stamp is None or not stamp.owner_is_dead(include_kept=include_kept):
-            continue
-        async with admin.begin() as conn:
-            await _set_cleanup_deadline(conn)
-            quoted = conn.dialect.identifier_preparer.quote_identifier(name)
-            await conn.execute(text(f"DROP SCHEMA IF EXISTS {quoted} CASCADE"))
-        dropped.append(name)
-    return dropped
 
 
 _DATABASE_STAMP = text(
@@ -132,6 +105,8 @@ _DATABASE_STAMP = text(
 # Test connections (the app's own, or a test's second engine) give up waiting for a lock held
 # by the test's own uncommitted transaction after this, instead of hanging the run.
 TEST_LOCK_TIMEOUT = "5s"
+# How a run's database is copied from its template; chosen by measurement (make bench).
+CLONE_STRATEGY = "FILE_COPY"
 
 
 def autocommit_engine(server_url: str) -> AsyncEngine:
@@ -150,14 +125,38 @@ def database_url(server_url: str, database: str) -> str:
     return make_url(server_url).set(database=database).render_as_string(hide_password=False)
 
 
+async def comment_on_database(conn: AsyncConnection, database: str, comment: str) -> None:
+    """COMMENT takes no bind parameters; format(%I, %L) quotes on the server."""
+    await conn.execute(
+        text(
+            "SELECT set_config('harness.database', :name, false), "
+            "set_config('harness.comment', :comment, false)"
+        ),
+        {"name": database, "comment": comment},
+    )
+    await conn.execute(
+        text(
+            "DO $$ BEGIN EXECUTE format('COMMENT ON DATABASE %I IS %L', "
+            "current_setting('harness.database'), current_setting('harness.comment')); END $$"
+        )
+    )
+
+
 class DatabaseJanitor:
     """Creates the run's own database, stamps it and sets its test settings; drops it (and only
     it) at exit, closing any connection a test left open (DROP DATABASE ... WITH (FORCE))."""
 
     def __init__(
-        self, admin_engine: AsyncEngine, server_url: str, names: RunNames, *, keep: bool = False
+        self,
+        admin_engine: AsyncEngine,
+        server_url: str,
+        names: RunNames,
+        *,
+        keep: bool = False,
+        template: str | None = None,
     ) -> None:
         self._engine = admin_engine  # AUTOCOMMIT, on the server's test database
+        self.template = template  # a migrated template to clone (templates.py), or None
         self.names = names
         self.keep = keep
         self.stamp = names.stamp()
@@ -168,24 +167,15 @@ class DatabaseJanitor:
         return conn.dialect.identifier_preparer.quote_identifier(self.names.database)
 
     async def _write_stamp(self, conn: AsyncConnection, stamp: Stamp) -> None:
-        # COMMENT takes no bind parameters; format(%I, %L) quotes on the server.
-        await conn.execute(
-            text(
-                "SELECT set_config('harness.database', :name, false), "
-                "set_config('harness.stamp', :stamp, false)"
-            ),
-            {"name": self.names.database, "stamp": stamp.to_json()},
-        )
-        await conn.execute(
-            text(
-                "DO $$ BEGIN EXECUTE format('COMMENT ON DATABASE %I IS %L', "
-                "current_setting('harness.database'), current_setting('harness.stamp')); END $$"
-            )
-        )
+        await comment_on_database(conn, self.names.database, stamp.to_json())
 
     async def __aenter__(self) -> DatabaseJanitor:
         async with self._engine.connect() as conn:
-            await conn.execute(text(f"CREATE DATABASE {self._quoted(conn)}"))
+            clone = ""
+            if self.template:
+                source = conn.dialect.identifier_preparer.quote_identifier(self.template)
+                clone = f" TEMPLATE {source} STRATEGY {CLONE_STRATEGY}"
+            await conn.execute(text(f"CREATE DATABASE {self._quoted(conn)}{clone}"))
             await self._write_stamp(conn, self.stamp)
             quoted = self._quoted(conn)
             await conn.execute(
@@ -201,7 +191,7 @@ class DatabaseJanitor:
     async def truncate(self, conn: AsyncConnection, tables: Sequence[str]) -> None:
         """Empty the given tables of this run's database (`conn` is connected to it)."""
         await self.assert_stamped(conn)
-        await _set_cleanup_deadline(conn)
+        await set_cleanup_deadline(conn)
         quote = conn.dialect.identifier_preparer.quote_identifier
         await conn.execute(
             text(f"TRUNCATE {', '.join(map(quote, tables))} RESTART IDENTITY CASCADE")
@@ -221,36 +211,10 @@ class DatabaseJanitor:
             await conn.execute(text(f"DROP DATABASE {self._quoted(conn)} WITH (FORCE)"))
 
 
-async def sweep_dead_databases(
-    admin: AsyncEngine, project: Project, *, include_kept: bool = False
-) -> list[str]:
-    """Drop the databases of this project's harness runs on this machine whose process is gone.
-
-    `admin` must be an AUTOCOMMIT engine (see autocommit_engine)."""
-    async with admin.connect() as conn:
-        rows = (
-            await conn.execute(
-                text(
-                    "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
-                    "WHERE datname LIKE 'test\\_%'"
-                )
-            )
-        ).all()
-        dropped = []
-        for name, comment in rows:
-            stamp = Stamp.from_json(project, comment)
-            if stamp is None or not stamp.owner_is_dead(include_kept=include_kept):
-                continue
-            quoted = conn.dialect.identifier_preparer.quote_identifier(name)
-            await conn.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
-            dropped.append(name)
-    return dropped
-
-
 RunStore = DatabaseJanitor | SchemaJanitor
 
 
-def _schema_admin(server_url: str) -> AsyncEngine:
+def schema_admin_engine(server_url: str) -> AsyncEngine:
     from sqlalchemy.pool import NullPool
 
     from .isolation import create_test_engine
@@ -260,14 +224,20 @@ def _schema_admin(server_url: str) -> AsyncEngine:
 
 @asynccontextmanager
 async def run_store(
-    server_url: str, names: RunNames, per_run: str, *, keep: bool = False
+    server_url: str,
+    names: RunNames,
+    per_run: str,
+    *,
+    keep: bool = False,
+    template: str | None = None,
 ) -> AsyncIterator[RunStore]:
-    """The run's own database (per_run="database") or schema, created, stamped and yielded;
-    dropped at exit unless `keep` (or `.keep`, set meanwhile) says otherwise."""
-    admin = autocommit_engine(server_url) if per_run == "database" else _schema_admin(server_url)
+    """The run's own database (per_run="database"; a clone of `template` if given) or schema,
+    created, stamped and yielded; dropped at exit unless `keep` (or `.keep`) says otherwise."""
+    database = per_run == "database"
+    admin = autocommit_engine(server_url) if database else schema_admin_engine(server_url)
     store: RunStore
-    if per_run == "database":
-        store = DatabaseJanitor(admin, server_url, names, keep=keep)
+    if database:
+        store = DatabaseJanitor(admin, server_url, names, keep=keep, template=template)
     else:
         store = SchemaJanitor(admin, names, keep=keep, url=server_url)
     try:
@@ -275,20 +245,3 @@ async def run_store(
             yield store
     finally:
         await admin.dispose()
-
-
-async def sweep_dead_stores(
-    server_url: str, project: Project, *, include_kept: bool = False
-) -> list[str]:
-    """Drop the databases and schemas of this project's dead runs on this machine; describe each."""
-    admin = autocommit_engine(server_url)
-    try:
-        databases = await sweep_dead_databases(admin, project, include_kept=include_kept)
-    finally:
-        await admin.dispose()
-    admin = _schema_admin(server_url)
-    try:
-        schemas = await sweep_dead_schemas(admin, project, include_kept=include_kept)
-    finally:
-        await admin.dispose()
-    return [f"database {name}" for name in databases] + [f"schema {name}" for name in schemas]

@@ -76,3 +76,17 @@ def drift_message(project: Project, differences: list[Any]) -> str:
         + "\n  fix: add a migration (alembic revision --autogenerate -m '...'), or set "
         f"drift_check = false in [tool.harness] of {project.root / 'pyproject.toml'}."
     )
+
+
+class DriftError(MigrationError):
+    """The models and the migrations disagree."""
+
+
+def prepare(connection: Connection, project: Project, metadata: MetaData) -> None:
+    """Migrate the connection's database (or schema) to head and, if the table asks, check it
+    against the models; raises MigrationError or DriftError."""
+    migrate(project, connection)
+    if project.drift_check:
+        differences = drift(connection, metadata)
+        if differences:
+            raise DriftError(drift_message(project, differences))

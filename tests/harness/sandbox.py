@@ -1,4 +1,4 @@
-"""A stamped, migrated schema (and bucket) for a real app process outside the test's own
+"""A stamped, migrated database (and bucket) for a real app process outside the test's own
 transaction: `make dev`, load tests, fault tests through uvicorn. Dropped at exit."""
 
 from __future__ import annotations
@@ -8,30 +8,38 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from sqlalchemy.pool import NullPool
 
+from .adapter import load_adapter
 from .config import HarnessConfig, RunTargets
 from .isolation import create_test_engine
 from .janitor import run_store
-from .migrations import migrate
+from .migrations import prepare
 from .stamps import RunNames
+from .templates import ensure_template
 
 
 @asynccontextmanager
 async def sandbox(
     config: HarnessConfig, worker: str, *, keep: bool = False
 ) -> AsyncIterator[RunTargets]:
-    """Create, stamp and migrate a schema (and, with S3, a bucket) named for this run and
-    `worker`; yield the targets an app needs; drop both at exit (unless `keep`)."""
+    """Create and stamp a migrated database (a clone of the project's template; or, where the
+    role may not create databases, a migrated schema) and, with S3, a bucket, named for this run
+    and `worker`; yield the targets an app needs; drop both at exit (unless `keep`)."""
     names = RunNames(config.project, config.run_id, worker)
+    metadata = load_adapter(config.project).metadata
+    template = None
+    if config.per_run == "database":
+        template = await ensure_template(config.database_url, config.project, metadata)
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(
-            run_store(config.database_url, names, config.per_run, keep=keep)
+            run_store(config.database_url, names, config.per_run, keep=keep, template=template)
         )
-        engine = create_test_engine(store.url, store.schema, poolclass=NullPool)
-        try:
-            async with engine.begin() as conn:
-                await conn.run_sync(lambda sync: migrate(config.project, sync))
-        finally:
-            await engine.dispose()
+        if template is None:
+            engine = create_test_engine(store.url, store.schema, poolclass=NullPool)
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(lambda sync: prepare(sync, config.project, metadata))
+            finally:
+                await engine.dispose()
         bucket = None
         if config.s3 is not None:
             from .buckets import BucketJanitor, s3_client_for

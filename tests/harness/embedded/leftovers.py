@@ -26,7 +26,7 @@ PREFIX = "clean-leftovers:"
 
 
 async def _sweep_database(url: str, project: Project) -> list[str]:
-    from ..janitor import sweep_dead_stores
+    from ..sweeps import sweep_dead_stores
 
     return await sweep_dead_stores(url, project, include_kept=True)
 

@@ -18,8 +18,9 @@ from sqlalchemy.pool import NullPool
 from tests.harness.buckets import BucketJanitor, sweep_dead_buckets
 from tests.harness.config import HarnessConfig
 from tests.harness.isolation import create_test_engine
-from tests.harness.janitor import DatabaseJanitor, sweep_dead_stores
+from tests.harness.janitor import DatabaseJanitor
 from tests.harness.stamps import JanitorRefusal, RunNames, Stamp
+from tests.harness.sweeps import sweep_dead_stores
 from tests.harness.tests.helpers import (
     ScratchStore,
     autocommit,
