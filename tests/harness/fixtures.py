@@ -246,10 +246,28 @@ def app(
         overrides.clear()
 
 
+_served = [0]  # requests the apps under test served through asgi_client, this process
+
+
+def requests_served() -> int:
+    return _served[0]
+
+
+def _counting(app: Any) -> Any:
+    async def counted(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            _served[0] += 1
+        await app(scope, receive, send)
+
+    return counted
+
+
 def asgi_client(app: Any, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
     """An httpx client that calls the app in-process (no socket); for adapters' own clients."""
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test", headers=headers or {}
+        transport=httpx.ASGITransport(app=_counting(app)),
+        base_url="http://test",
+        headers=headers or {},
     )
 
 

@@ -3,10 +3,12 @@ undone right after it, and explained in terms of the test and the fix."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .janitor import RunStore
@@ -17,8 +19,9 @@ REAL_COMMITS_FIX = (
 )
 LOCK_TIMEOUT_SQLSTATE = "55P03"
 
-_OPEN_TRANSACTIONS = text(
-    "SELECT pid, state, left(regexp_replace(query, '\\s+', ' ', 'g'), 120) "
+_OPEN_TRANSACTIONS = (
+    "SELECT coalesce(json_agg(json_build_array(pid, state, "
+    "left(regexp_replace(query, '\\s+', ' ', 'g'), 120))), '[]') "
     "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
     "AND backend_type = 'client backend' "
     "AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')"
@@ -29,13 +32,11 @@ class LeftBehindError(Exception):
     """The test left something that the harness had to undo; str() names it and the fix."""
 
 
-async def close_open_transactions(conn: AsyncConnection) -> list[str]:
-    """Terminate connections to the run's own database that are still inside a transaction
-    (or a query) after the test; describe each. Only for a database of the run's own."""
-    rows = (await conn.execute(_OPEN_TRANSACTIONS)).all()
-    for pid, _, _ in rows:
+async def terminate(conn: AsyncConnection, found: list[list[object]]) -> list[str]:
+    """Terminate the connections `found` (pid, state, query); describe each."""
+    for pid, _, _ in found:
         await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-    return [f"pid {pid}, {state}, last query: {query!r}" for pid, state, query in rows]
+    return [f"pid {pid}, {state}, last query: {query!r}" for pid, state, query in found]
 
 
 def open_transactions_message(test: str, found: list[str]) -> str:
@@ -48,17 +49,17 @@ def open_transactions_message(test: str, found: list[str]) -> str:
     )
 
 
-def counts_query(tables: Sequence[str], quote: object) -> str:
-    columns = ", ".join(f"(SELECT count(*) FROM {quote(t)})" for t in tables)  # type: ignore[operator]
-    return f"SELECT {columns}"
+def _counts_sql(dialect: Dialect, tables: Sequence[str]) -> list[str]:
+    quote = dialect.identifier_preparer.quote_identifier
+    return [f"SELECT count(*) FROM {quote(t)}" for t in tables]
 
 
 async def table_counts(conn: AsyncConnection, tables: Sequence[str]) -> tuple[int, ...]:
     """The row count of each table, in one round trip."""
     if not tables:
         return ()
-    quote = conn.dialect.identifier_preparer.quote_identifier
-    row = (await conn.execute(text(counts_query(tables, quote)))).one()
+    columns = ", ".join(f"({c})" for c in _counts_sql(conn.dialect, tables))
+    row = (await conn.execute(text(f"SELECT {columns}"))).one()
     return tuple(int(n) for n in row)
 
 
@@ -111,25 +112,32 @@ async def undo_leftovers(
     *,
     committed: bool,
 ) -> list[str]:
-    """After the test: close its open transactions (own database only), then empty what it
-    committed (real_commits) or what a second connection committed behind its back."""
+    """After the test, in one round trip when all is well: close its open transactions (on a
+    database of the run's own only), then empty what it committed (real_commits) or what a
+    second connection committed behind its back."""
+    own_database = store.schema is None
+    columns = ([_OPEN_TRANSACTIONS] if own_database else ["'[]'"]) + (
+        [] if committed else _counts_sql(engine.dialect, baseline.tables)
+    )
     problems: list[str] = []
-    async with engine.begin() as conn:
-        if store.schema is None:
-            found = await close_open_transactions(conn)
-            if found:
-                problems.append(open_transactions_message(test, found))
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        row = (await conn.execute(text("SELECT " + ", ".join(f"({c})" for c in columns)))).one()
+        open_ones = json.loads(row[0]) if isinstance(row[0], str) else row[0]
+        if open_ones:
+            problems.append(open_transactions_message(test, await terminate(conn, open_ones)))
         tables = baseline.tables
         if not committed:
-            counts = await table_counts(conn, tables)
             changed = {
-                t: (before, after)
-                for t, before, after in zip(tables, baseline.counts, counts, strict=True)
+                t: (before, int(after))
+                for t, before, after in zip(tables, baseline.counts, row[1:], strict=True)
                 if before != after
             }
             if not changed:
                 return problems
             problems.append(foreign_commits_message(test, changed))
             tables = list(changed)
-        await store.truncate(conn, tables)
+    if tables:  # in a transaction of its own, for the cleanup's lock timeout
+        async with engine.begin() as conn:
+            await store.truncate(conn, tables)
     return problems

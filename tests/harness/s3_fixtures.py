@@ -12,7 +12,7 @@ import pytest_asyncio
 from .buckets import BucketJanitor, s3_client_for, sweep_dead_buckets
 from .config import HarnessConfig
 from .contract import S3Target
-from .fixtures import keep_on_failure, report_removed, sweeps
+from .fixtures import keep_on_failure, report_removed, requests_served, sweeps
 from .stamps import RunNames
 
 if TYPE_CHECKING:
@@ -49,7 +49,10 @@ def s3_client(_run_bucket: BucketJanitor) -> S3Client:
 
 
 @pytest.fixture
-def s3_bucket(_run_bucket: BucketJanitor) -> Iterator[str]:
-    """The run's bucket, emptied after each test so no test sees another's objects."""
+def s3_bucket(request: pytest.FixtureRequest, _run_bucket: BucketJanitor) -> Iterator[str]:
+    """The run's bucket, emptied after each test that could have written to it (it served a
+    request, or used s3_client), so no test sees another's objects."""
+    served = requests_served()
     yield _run_bucket.bucket
-    _run_bucket.empty()
+    if requests_served() != served or "s3_client" in request.fixturenames:
+        _run_bucket.empty()
