@@ -4,10 +4,12 @@ shared memory."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from ..project import Credentials
@@ -105,3 +107,69 @@ def release_shared_memory(datadir: Path) -> None:
         # nattch (field 7) == 0: no process of that server is still attached.
         if fields[:2] == [str(key), str(shmid)] and fields[6] == "0":
             _LIBC.shmctl(shmid, IPC_RMID, None)
+
+
+# The harness's migrated template databases (tests/harness/templates.py) are named so.
+MIGRATED_TEMPLATES = "tmpl\\_%"
+TEMPLATES_FILE = "templates.txt"  # beside the cached cluster's data dir: what it holds
+
+
+def cached_templates(cluster: Path) -> set[str]:
+    try:
+        return set((cluster / TEMPLATES_FILE).read_text().split())
+    except OSError:
+        return set()
+
+
+async def migrated_templates(socket_dir: Path, port: int) -> set[str]:
+    """The migrated templates this server holds (over its private Unix socket)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(
+        host=str(socket_dir), port=port, user=SUPERUSER, database="postgres", timeout=2
+    )
+    try:
+        rows = await conn.fetch(
+            "SELECT datname FROM pg_database WHERE datistemplate AND datname LIKE $1",
+            MIGRATED_TEMPLATES,
+        )
+        return {row[0] for row in rows}
+    finally:
+        await conn.close()
+
+
+async def drop_other_databases(socket_dir: Path, port: int, keep: set[str]) -> None:
+    """Before the cluster is cached: no run database a killed or kept run left, only what a
+    later run may clone or needs (`keep`, the test database)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(
+        host=str(socket_dir), port=port, user=SUPERUSER, database="postgres", timeout=2
+    )
+    try:
+        rows = await conn.fetch(
+            "SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> ALL($1)",
+            [*keep, "postgres"],
+        )
+        for (name,) in rows:
+            await conn.execute(f'DROP DATABASE "{name.replace(chr(34), chr(34) * 2)}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def save_cluster(datadir: Path, cluster: Path, run_as: RunAs | None, templates: set[str]) -> None:
+    """Replace the cached cluster with a copy of a stopped one that holds more templates: a
+    concurrent reader sees the old cache, no cache (and builds its own), or the new one."""
+    cache = cluster.parent
+    build = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
+    trash = cache / f".old-{cluster.name}-{os.getpid()}"
+    try:
+        copy_cluster(datadir, build / "data", run_as)
+        (build / TEMPLATES_FILE).write_text("\n".join(sorted(templates)) + "\n")
+        build.chmod(0o755)
+        with contextlib.suppress(OSError):
+            os.rename(cluster, trash)
+        os.rename(build, cluster)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+        shutil.rmtree(trash, ignore_errors=True)

@@ -25,8 +25,12 @@ from .pg_binaries import PgBinaries, configured_bindir, ensure_cache_dir, locate
 from .pg_cluster import (
     INITDB_ARGS,
     SUPERUSER,
+    cached_templates,
     copy_cluster,
+    drop_other_databases,
+    migrated_templates,
     release_shared_memory,
+    save_cluster,
     server_args,
     template_key,
 )
@@ -121,6 +125,8 @@ class PostgresServer:
         self.elapsed = 0.0
         self._needs_bootstrap = False
         self.datadir = run.path / "pg"
+        self.cluster: Path | None = None  # the cached cluster this one was copied from
+        self.cached: set[str] = set()  # the migrated templates that copy already held
         self.log = run.path / "postgres.log"
 
     @property
@@ -133,6 +139,7 @@ class PostgresServer:
         if self.use_template:
             template = self._ensure_template(self.binaries)
             copy_cluster(template / "data", self.datadir, self.run.run_as)
+            self.cluster, self.cached = template, cached_templates(template)
             self.origin = "template"
         else:
             self._initdb(self.binaries, self.datadir)
@@ -167,9 +174,29 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            # Fast shutdown takes ~15 ms and lets the backends exit cleanly.
+            new = self._new_migrated_templates()
+            # Fast shutdown takes ~15 ms and lets the backends exit cleanly (a checkpoint).
             stop_process(self.proc, signal.SIGINT)
             release_shared_memory(self.datadir)
+            if new and self.cluster is not None and self.proc.returncode in (0, -signal.SIGINT):
+                # A later cold start clones them instead of replaying the migrations.
+                with contextlib.suppress(OSError):
+                    save_cluster(self.datadir, self.cluster, self.run.run_as, self.cached | new)
+
+    def _new_migrated_templates(self) -> set[str]:
+        """Templates this run built that the cached cluster lacks ({} on any doubt); the
+        run's other databases are dropped first, so the cache holds only templates."""
+        if self.cluster is None or self.proc is None or self.proc.poll() is not None:
+            return set()
+        socket_dir = self.run.path
+        try:
+            present = asyncio.run(migrated_templates(socket_dir, self.port))
+            if present - self.cached:
+                keep = present | {self.creds.pg_database}
+                asyncio.run(drop_other_databases(socket_dir, self.port, keep))
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return set()
+        return present - self.cached
 
     def ready_line(self) -> str:
         version = self.binaries.version if self.binaries else "?"
