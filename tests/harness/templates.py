@@ -118,26 +118,31 @@ async def _build(
 
 
 async def sweep_stale_templates(conn: AsyncConnection, project: Project, current: str) -> list[str]:
-    """Drop this project's templates of other fingerprints beyond the newest KEEP_STALE."""
+    """Drop this project's templates of other fingerprints beyond the newest KEEP_STALE, and
+    half-built ones whose builder is gone (nobody holds their advisory lock)."""
     rows = (
         await conn.execute(
             text(
-                "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
-                "WHERE datistemplate AND starts_with(datname, :prefix) AND datname <> :current"
+                "SELECT datname, datistemplate, shobj_description(oid, 'pg_database') "
+                "FROM pg_database WHERE starts_with(datname, :prefix) AND datname <> :current"
             ),
             {"prefix": template_prefix(project), "current": current},
         )
     ).all()
-    ours = []
-    for name, comment in rows:
+    complete, half_built = [], []
+    for name, is_template, comment in rows:
         try:
             stamp = json.loads(comment or "")
         except ValueError:
             continue
         if isinstance(stamp, dict) and stamp.get("created_by") == project.stamp_mark:
-            ours.append((str(stamp.get("created_at", "")), name))
+            if is_template:
+                complete.append((str(stamp.get("created_at", "")), name))
+            else:
+                half_built.append(name)
+    stale = [name for _, name in sorted(complete, reverse=True)[KEEP_STALE:]]
     dropped = []
-    for _, name in sorted(ours, reverse=True)[KEEP_STALE:]:
+    for name in stale + half_built:
         got = await conn.scalar(
             text("SELECT pg_try_advisory_lock(hashtextextended(:n, 0))"), {"n": name}
         )

@@ -174,20 +174,21 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            new = self._new_migrated_templates()
+            new, held = self._new_migrated_templates()
             # Fast shutdown takes ~15 ms and lets the backends exit cleanly (a checkpoint).
             stop_process(self.proc, signal.SIGINT)
             release_shared_memory(self.datadir)
             if new and self.cluster is not None and self.proc.returncode in (0, -signal.SIGINT):
                 # A later cold start clones them instead of replaying the migrations.
                 with contextlib.suppress(OSError):
-                    save_cluster(self.datadir, self.cluster, self.run.run_as, self.cached | new)
+                    save_cluster(self.datadir, self.cluster, self.run.run_as, held)
 
-    def _new_migrated_templates(self) -> set[str]:
-        """Templates this run built that the cached cluster lacks ({} on any doubt); the
-        run's other databases are dropped first, so the cache holds only templates."""
+    def _new_migrated_templates(self) -> tuple[set[str], set[str]]:
+        """Templates this run built that the cached cluster lacks, and all the server holds
+        (not one a sweep dropped): ({}, {}) on any doubt. The run's other databases are
+        dropped first, so the cache holds only templates."""
         if self.cluster is None or self.proc is None or self.proc.poll() is not None:
-            return set()
+            return set(), set()
         socket_dir = self.run.path
         try:
             present = asyncio.run(migrated_templates(socket_dir, self.port))
@@ -195,8 +196,8 @@ class PostgresServer:
                 keep = present | {self.creds.pg_database}
                 asyncio.run(drop_other_databases(socket_dir, self.port, keep))
         except (OSError, asyncpg.PostgresError, TimeoutError):
-            return set()
-        return present - self.cached
+            return set(), set()
+        return present - self.cached, present
 
     def ready_line(self) -> str:
         version = self.binaries.version if self.binaries else "?"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import uuid
@@ -11,7 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import Column, Integer, MetaData, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import NullPool
 
@@ -118,17 +119,79 @@ def engine_on(server_url: str, database: str) -> AsyncEngine:
     return create_test_engine(url_with_database(server_url, database), None, poolclass=NullPool)
 
 
-def write_project(root: Path, services: tuple[str, ...] = ("postgres", "s3")) -> Project:
-    """A minimal project named "sample" in `root`, for tests that need a Project."""
+def write_project(
+    root: Path,
+    services: tuple[str, ...] = ("postgres", "s3"),
+    *,
+    name: str = "sample",
+    alembic_config: str = "pyproject.toml",
+) -> Project:
+    """A minimal project named `name` in `root`, for tests that need a Project."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "pyproject.toml").write_text(
         "[tool.harness]\n"
-        'name = "sample"\n'
+        f"name = {json.dumps(name)}\n"
         f"services = {json.dumps(list(services))}\n"
         'adapter = "sample.adapter"\n'
-        'alembic_config = "pyproject.toml"\n'
+        f"alembic_config = {json.dumps(alembic_config)}\n"
     )
     return load_project(root / "pyproject.toml")
+
+
+SAMPLE = Path(__file__).resolve().parent / "sample"
+# The scratch projects' env.py: the harness's shared connection and nothing else, so the
+# copied migrations need no app package around them.
+SCRATCH_ENV_PY = '''"""Migrations on the connection the harness hands in."""
+
+from alembic import context
+
+context.configure(connection=context.config.attributes["connection"])
+with context.begin_transaction():
+    context.run_migrations()
+'''
+
+
+def write_migrations_project(
+    root: Path, name: str, services: tuple[str, ...] = ("postgres",)
+) -> Project:
+    """A project named `name` in `root` with its own copy of the sample app's Alembic files
+    (alembic.ini, the script template and the migrations; a minimal env.py), to edit or to run:
+    what it migrates to is the sample's schema (sample/models.py)."""
+    scripts = root / "migrations"
+    scripts.mkdir(parents=True, exist_ok=True)
+    shutil.copy(SAMPLE / "alembic.ini", root / "alembic.ini")
+    shutil.copy(SAMPLE / "migrations" / "script.py.mako", scripts / "script.py.mako")
+    shutil.copytree(
+        SAMPLE / "migrations" / "versions",
+        scripts / "versions",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    (scripts / "env.py").write_text(SCRATCH_ENV_PY)
+    return write_project(root, services, name=name, alembic_config="alembic.ini")
+
+
+def with_extra_column(metadata: MetaData, table: str = "notes") -> MetaData:
+    """A copy of `metadata` whose `table` has one more column (a model no migration made)."""
+    copy = MetaData()
+    for each in metadata.sorted_tables:
+        each.to_metadata(copy)
+    copy.tables[table].append_column(Column("extra", Integer))
+    return copy
+
+
+async def drop_databases_starting(admin: AsyncEngine, prefix: str) -> list[str]:
+    """Drop every database whose name starts with `prefix`, templates too (a test's own)."""
+    async with autocommit(admin).connect() as conn:
+        rows = await conn.execute(
+            text("SELECT datname FROM pg_database WHERE starts_with(datname, :p) ORDER BY 1"),
+            {"p": prefix},
+        )
+        names = list(rows.scalars())
+        for name in names:
+            quoted = conn.dialect.identifier_preparer.quote_identifier(name)
+            await conn.execute(text(f"ALTER DATABASE {quoted} WITH IS_TEMPLATE false"))
+            await conn.execute(text(f"DROP DATABASE {quoted} WITH (FORCE)"))
+    return names
 
 
 @dataclass
