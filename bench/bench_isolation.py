@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from psycopg.errors import InsufficientPrivilege
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
@@ -43,6 +44,7 @@ from tests.harness.stamps import RunNames
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = int(os.environ.get("BENCH_ISOLATION_TESTS", "100"))
 WARMUP = 5  # per method, not counted: pool, statement caches, first catalog lookups
+AUTOVACUUM_RETRIES = 100  # 0.1 s apart
 TABLES = [t.name for t in Base.metadata.sorted_tables]
 
 SessionFactory = Callable[[], AbstractAsyncContextManager[AsyncSession]]
@@ -183,13 +185,13 @@ class TemplateCloner:
             await engine.dispose()
 
     def drop_template(self) -> None:
-        self._janitor(self.template).drop()
+        past_autovacuum(self._janitor(self.template).drop)
 
     @asynccontextmanager
     async def open_session(self) -> AsyncIterator[AsyncSession]:
         self.counter += 1
         janitor = self._janitor(f"bench_{self.run_id}_{self.counter}", self.template)
-        janitor.init()
+        past_autovacuum(janitor.init)
         try:
             engine = create_test_engine(self._url_for(janitor.dbname), None, poolclass=NullPool)
             try:
@@ -199,7 +201,22 @@ class TemplateCloner:
             finally:
                 await engine.dispose()
         finally:
-            janitor.drop()
+            past_autovacuum(janitor.drop)
+
+
+def past_autovacuum(step: Callable[[], None]) -> None:
+    """A DatabaseJanitor step, again after a moment when it failed on an autovacuum worker:
+    before CREATE DATABASE ... TEMPLATE and DROP DATABASE it terminates the connections to the
+    database, and a test role may not terminate an autovacuum worker (PostgreSQL 18: permission
+    denied). The worker leaves within moments; CREATE DATABASE would have stopped it itself."""
+    for attempt in range(AUTOVACUUM_RETRIES):
+        try:
+            step()
+            return
+        except InsufficientPrivilege:
+            if attempt == AUTOVACUUM_RETRIES - 1:
+                raise
+            time.sleep(0.1)
 
 
 async def measure_isolation(config: HarnessConfig) -> list[MethodResult]:

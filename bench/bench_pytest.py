@@ -1,6 +1,7 @@
-"""Wall times of pytest subprocesses: the URL guard's early exit, pytest's own start-up, and a
-test tier against services that are already running: the app's (tests/integration, the repo's
-pytest config) or the harness's own (its config in tests/harness/tests/pyproject.toml).
+"""Wall times of pytest subprocesses: the URL guard's early exit, pytest's own start-up, the
+import of the app's stack, how soon one test file's first test runs against services that are
+already running, and a test tier against them: the app's (tests/integration, the repo's pytest
+config) or the harness's own (its config in tests/harness/tests/pyproject.toml).
 
 All run with this interpreter (sys.executable) and with PYTHONDONTWRITEBYTECODE emptied, as
 the tox envs do, so pyc files are cached like in a normal run. None of the harness's variables
@@ -9,13 +10,17 @@ of this process reach them, only the services' variables they are given.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -48,9 +53,9 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return {**env, "PYTHONDONTWRITEBYTECODE": "", **(extra or {})}
 
 
-def timed(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, int, str]:
+def timed(argv: Sequence[str], env: Mapping[str, str], cwd: Path = ROOT) -> tuple[float, int, str]:
     started = time.perf_counter()
-    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     return time.perf_counter() - started, proc.returncode, proc.stdout + proc.stderr
 
 
@@ -96,6 +101,92 @@ def pytest_baseline_s(runs: int) -> float:
         if i:
             samples.append(elapsed)
     return statistics.median(samples)
+
+
+STACK_IMPORT = "import fastapi, sqlalchemy, boto3, httpx, alembic, asyncpg"
+# The app tier's file for the first-test figure; its first test posts three documents first.
+FIRST_TEST_FILE = "tests/integration/test_tags.py"
+TIMING_PLUGIN = ("-p", "bench.pytest_timing")
+FIXTURE_SHARE = 0.05  # first_test() names the fixtures taking this share of the setup or more
+
+
+def stack_import_s(runs: int) -> float:
+    """`python -c "import fastapi, sqlalchemy, boto3, httpx, alembic, asyncpg"`: the app's stack."""
+    argv = [sys.executable, "-c", STACK_IMPORT]
+    env = child_env()
+    samples = []
+    for i in range(runs + 1):
+        elapsed, code, output = timed(argv, env)
+        if code != 0:
+            raise BenchFailure(f"`{' '.join(argv)}` exited {code}:\n{output[-3000:]}")
+        if i:
+            samples.append(elapsed)
+    return statistics.median(samples)
+
+
+@dataclass(frozen=True)
+class FirstTest:
+    """Medians, seconds from the start of `pytest FILE` (a new process)."""
+
+    body_s: float  # the first test's body is called: the run's and its own fixtures set up
+    announced_s: float  # the first test is announced (pytest -v), before any fixture
+    first_setup_s: float  # the first test's setup phase alone (session fixtures included)
+    wall_s: float  # the whole command
+    collect_only_s: float  # `pytest FILE --collect-only`: start-up, guard, imports, collection
+    runs: int
+    # The fixtures of the first test's setup phase taking FIXTURE_SHARE of it or more (median
+    # seconds each, slowest first; a fixture's time includes those it requests in its body).
+    first_setup_fixtures: list[tuple[str, str, float]]
+
+
+def timing_of(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path = ROOT
+) -> tuple[float, float, dict[str, Any]]:
+    """Run a pytest command with bench/pytest_timing.py loaded; its start (wall clock), its
+    wall time and the plugin's findings (empty if it wrote none)."""
+    with tempfile.TemporaryDirectory(prefix="bench-timing-") as folder:
+        target = Path(folder) / "timing.json"
+        started_at = time.time()
+        elapsed, code, output = timed(argv, {**env, "BENCH_TIMING_FILE": str(target)}, cwd)
+        if code != 0:
+            raise BenchFailure(f"`{' '.join(argv)}` exited {code}:\n{output[-5000:]}")
+        found: dict[str, Any] = json.loads(target.read_text()) if target.exists() else {}
+    return started_at, elapsed, found
+
+
+def first_test(runs: int, services: Mapping[str, str], path: str = FIRST_TEST_FILE) -> FirstTest:
+    """`pytest FILE` against running services, as in the warm-services loop. One run first,
+    not counted: on a fresh server it builds the migrated template, which later runs clone."""
+    argv = pytest_argv(path, "-v", "-p", "no:cacheprovider", *TIMING_PLUGIN)
+    env = child_env(services)
+    collect_argv = pytest_argv(path, "--collect-only", "-q", "-p", "no:cacheprovider")
+    body, announced, setup, wall, collect = [], [], [], [], []
+    fixtures: dict[tuple[str, str], list[float]] = {}
+    for i in range(runs + 1):
+        started_at, elapsed, found = timing_of(argv, env)
+        if "first_call" not in found:
+            raise BenchFailure(f"`{' '.join(argv)}` ran no test")
+        collect_s, code, output = timed(collect_argv, env)
+        if code != 0:
+            raise BenchFailure(f"`{' '.join(collect_argv)}` exited {code}:\n{output[-3000:]}")
+        if i:
+            collect.append(collect_s)
+            first = next(iter(found["tests"].values()))
+            body.append(found["first_call"] - started_at)
+            announced.append(found["first_logstart"] - started_at)
+            setup.append(first.get("setup", 0.0))
+            wall.append(elapsed)
+            for name, scope, seconds in found.get("first_setup", []):
+                fixtures.setdefault((name, scope), []).append(seconds)
+    median = statistics.median
+    slowest = sorted(
+        ((name, scope, median(taken)) for (name, scope), taken in fixtures.items()),
+        key=lambda f: -f[2],
+    )
+    shown = [f for f in slowest if f[2] >= FIXTURE_SHARE * median(setup)]
+    return FirstTest(
+        median(body), median(announced), median(setup), median(wall), median(collect), runs, shown
+    )
 
 
 def suite_wall_s(
