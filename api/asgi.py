@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from api.app import create_app
@@ -13,4 +14,16 @@ except SettingsError as exc:
     print(exc, file=sys.stderr)
     sys.exit(2)
 
+
+def _configure_logging(level: str) -> None:
+    """The service's own log lines (logger `api`) on stderr, one line each, at LOG_LEVEL."""
+    logger = logging.getLogger("api")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+_configure_logging(_settings.log_level)
 app = create_app(_settings)

@@ -16,6 +16,8 @@ from sqlalchemy.exc import ArgumentError
 
 ASYNCPG_SCHEME = "postgresql+asyncpg://"
 MIB = 1024 * 1024
+# botocore waits this long for `100 Continue` before it sends a PUT's body anyway.
+S3_CONTINUE_WAIT_S = 1.0
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -55,6 +57,11 @@ def _validate_schema(value: str | None) -> str | None:
     return value
 
 
+def _seconds(default: float) -> Any:
+    """A deadline in seconds: positive, finite, at most a day."""
+    return Field(default=default, gt=0, le=86400, allow_inf_nan=False)
+
+
 class DatabaseSettings(BaseSettings):
     """The part of the configuration that migrations need: where the database is."""
 
@@ -62,6 +69,8 @@ class DatabaseSettings(BaseSettings):
 
     database_url: str
     database_schema: str | None = None
+    # Opening a connection (TCP, TLS, authentication) gives up after this long.
+    database_connect_timeout: float = _seconds(3.0)
 
     @field_validator("database_url")
     @classmethod
@@ -92,6 +101,37 @@ class Settings(DatabaseSettings):
     s3_bucket: str
     api_tokens: dict[str, SecretStr]
     max_upload_bytes: int = Field(default=100 * MIB, gt=0)
+
+    # Deadlines of every outside call (seconds) and the bounds that keep slow clients from
+    # starving the service; the README's table of service variables explains each.
+    database_command_timeout: float = _seconds(5.0)
+    database_statement_timeout: float = _seconds(4.0)
+    database_pool_timeout: float = _seconds(3.0)
+    s3_connect_timeout: float = _seconds(1.0)
+    s3_read_timeout: float = _seconds(2.0)
+    s3_max_attempts: int = Field(default=2, ge=1, le=10)
+    s3_max_threads: int = Field(default=16, ge=1, le=1000)
+    health_timeout: float = _seconds(3.0)
+    upload_idle_timeout: float = _seconds(30.0)
+    max_active_uploads: int = Field(default=100, ge=1, le=100_000)
+    log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return level
+
+    @property
+    def s3_call_deadline(self) -> float:
+        """How long one S3 call may take, retries included: longer than botocore's own worst
+        case (per attempt: connect, up to 1 s waiting for `100 Continue` before a body, then
+        the read timeout; plus short back-offs), so that a call given up on is one botocore has
+        given up on too, and no write of it can reach S3 after the answer."""
+        per_attempt = self.s3_connect_timeout + S3_CONTINUE_WAIT_S + self.s3_read_timeout
+        return self.s3_max_attempts * per_attempt + 0.5
 
     @field_validator("s3_endpoint_url")
     @classmethod
@@ -162,6 +202,24 @@ _FIXES: dict[str, str] = {
     "S3_BUCKET": "set it to an existing bucket name such as docstore",
     "API_TOKENS": 'set it to a JSON object of owner name to token, e.g. {"alice": "<token>"}',
     "MAX_UPLOAD_BYTES": "set it to a positive whole number of bytes, or unset it for 100 MiB",
+    "S3_MAX_ATTEMPTS": "set it to a whole number from 1 to 10, or unset it for 2",
+    "S3_MAX_THREADS": "set it to a whole number from 1 to 1000, or unset it for 16",
+    "MAX_ACTIVE_UPLOADS": "set it to a positive whole number, or unset it for 100",
+    "LOG_LEVEL": "set it to DEBUG, INFO, WARNING or ERROR, or unset it for INFO",
+}
+_SECONDS_FIXES = {
+    "DATABASE_CONNECT_TIMEOUT": 3.0,
+    "DATABASE_COMMAND_TIMEOUT": 5.0,
+    "DATABASE_STATEMENT_TIMEOUT": 4.0,
+    "DATABASE_POOL_TIMEOUT": 3.0,
+    "S3_CONNECT_TIMEOUT": 1.0,
+    "S3_READ_TIMEOUT": 2.0,
+    "HEALTH_TIMEOUT": 3.0,
+    "UPLOAD_IDLE_TIMEOUT": 30.0,
+}
+_FIXES |= {
+    variable: f"set it to a positive number of seconds, or unset it for {default:g}"
+    for variable, default in _SECONDS_FIXES.items()
 }
 
 _SECRET_VARIABLES = frozenset({"S3_ACCESS_KEY", "S3_SECRET_KEY"})

@@ -7,7 +7,7 @@ import binascii
 import json
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 CURSOR_VERSION = 1
@@ -63,4 +63,9 @@ def decode_cursor(cursor: str) -> CursorPosition:
         raise InvalidCursorError("cursor fields have invalid values") from exc
     if created_at.tzinfo is None:
         raise InvalidCursorError("cursor timestamp has no time zone")
+    try:
+        # The database compares in UTC: 0001-01-01T00:00:00+14:00 has no UTC equivalent.
+        created_at = created_at.astimezone(UTC)
+    except OverflowError:
+        raise InvalidCursorError("cursor timestamp is out of range") from None
     return CursorPosition(created_at, document_id)

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -26,14 +27,39 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_storage(request: Request) -> Storage:
+# Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` one in a worker
+# thread, and a request must never wait for a thread just to read app.state.
+
+
+async def get_storage(request: Request) -> Storage:
     storage: Storage = request.app.state.storage
     return storage
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def _control_characters(value: str) -> bool:
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value)
+
+
+async def refuse_control_characters(request: Request) -> None:
+    """422 for a NUL or another control character in any query parameter (name or value):
+    no parameter of this API may hold one, and PostgreSQL refuses NUL in text. The answer
+    has FastAPI's usual validation shape."""
+    problems = [
+        {
+            "type": "value_error",
+            "loc": ["query", name],
+            "msg": "must not contain control characters (such as NUL)",
+        }
+        for name, value in request.query_params.multi_items()
+        if _control_characters(name) or _control_characters(value)
+    ]
+    if problems:
+        raise RequestValidationError(problems)
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -57,7 +83,9 @@ async def require_owner(
     return owner
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": the session (and its pooled connection) is closed when the handler
+# returns, not after a streamed response has been sent.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 OwnerDep = Annotated[str, Depends(require_owner)]

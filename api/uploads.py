@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+
+import anyio
 
 from api.filenames import sanitize_filename
 from api.multipart import Event, MultipartError, PartData, PartEnd, PartStart, iter_multipart
@@ -26,6 +28,23 @@ class UploadTooLargeError(Exception):
 
 class UploadRejectedError(ValueError):
     """The upload is well-formed HTTP but not an acceptable document (empty, no file, bad tags)."""
+
+
+class UploadIdleError(Exception):
+    """The client sent nothing for longer than the idle deadline."""
+
+
+async def with_idle_deadline(chunks: AsyncIterator[bytes], idle_s: float) -> AsyncIterator[bytes]:
+    """`chunks`, but UploadIdleError when the next one takes longer than `idle_s` seconds."""
+    iterator = aiter(chunks)
+    while True:
+        with anyio.move_on_after(idle_s) as waiting:
+            chunk = await anext(iterator, None)
+        if waiting.cancelled_caught:
+            raise UploadIdleError(f"the client sent nothing for {idle_s:g} s")
+        if chunk is None:
+            return
+        yield chunk
 
 
 @dataclass(frozen=True)
@@ -109,11 +128,14 @@ async def receive_upload(
     storage: Storage,
     storage_key: str,
     max_bytes: int,
+    discard: Callable[[BaseException], Awaitable[None]],
 ) -> ReceivedUpload:
     """Stream the `file` part of a multipart body into `storage_key`.
 
-    Raises UploadTooLargeError, UploadRejectedError, MultipartError or StorageError; in each
-    case no object is left under `storage_key`.
+    Raises UploadTooLargeError, UploadRejectedError, MultipartError, StorageError, or what
+    `body` raises (the client gone or idle). Once the file has started towards storage, any
+    failure, a cancellation included, first awaits `discard(error)` (shielded), whose job is
+    that no object outlives the failed upload.
     """
     events = iter_multipart(content_type, body)
     form = _FormFields()
@@ -140,12 +162,14 @@ async def receive_upload(
             chunk = await anext(file_bytes, None)
 
     content_type_of_file = media_type_of(file_part.content_type)
-    await storage.upload_stream(storage_key, counted_chunks(), content_type_of_file)
     try:
+        await storage.upload_stream(storage_key, counted_chunks(), content_type_of_file)
+        # The object is stored; the closing boundary and any fields after the file remain.
         await form.read_rest(events)
         tags = _checked_tags(form.raw_tags)
-    except (UploadRejectedError, MultipartError):
-        await storage.delete_quietly(storage_key)
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            await discard(exc)
         raise
     return ReceivedUpload(
         filename=sanitize_filename(file_part.filename),

@@ -1,11 +1,15 @@
 """Load: concurrent uploads and downloads against the API served by uvicorn on real services.
 
-Run from the repo root: `.venv/bin/python bench/load.py [--clients 50 --size-kb 256]`.
+Run from the repo root: `.venv/bin/python bench/load.py [--clients 50 --size-kb 256]
+[--idle-uploads 40]`.
 It starts the embedded PostgreSQL and S3 in-process, takes a migrated schema and a bucket
 from the harness's sandbox, serves the API with uvicorn on a free 127.0.0.1 port, lets every
 client upload one random file and download it again (all at once, bounded in count and time),
 then checks that every download matches its sha256 and that the rows and the objects agree one
-to one. It prints a small table, stops uvicorn and the services, and exits 1 on any failure.
+to one. With --idle-uploads N, N raw-socket uploads go quiet first (half in the middle of their
+file, half right after it), stay so through the load, then hang up: the clients must still see
+no error, and nothing of the idle uploads may stay stored. It prints a small table, stops
+uvicorn and the services, and exits 1 on any failure.
 
 The code lives in tests/load_client.py; tests/integration/test_load.py runs it small.
 """
@@ -31,7 +35,9 @@ from tests.harness.sandbox import sandbox  # noqa: E402
 from tests.load_client import OWNER, run_load, serve, verify  # noqa: E402
 
 
-async def _main_async(config: HarnessConfig, clients: int, size_kb: int, timeout_s: float) -> int:
+async def _main_async(
+    config: HarnessConfig, clients: int, size_kb: int, timeout_s: float, idle_uploads: int
+) -> int:
     token = secrets.token_urlsafe(24)
     size_bytes = size_kb * 1024
     async with sandbox(config, "load") as run:
@@ -40,9 +46,14 @@ async def _main_async(config: HarnessConfig, clients: int, size_kb: int, timeout
         )
         async with serve(environment_of(settings)) as served:
             report = await run_load(
-                served.base_url, token, clients=clients, size_bytes=size_bytes, timeout_s=timeout_s
+                served.base_url,
+                token,
+                clients=clients,
+                size_bytes=size_bytes,
+                timeout_s=timeout_s,
+                idle_uploads=idle_uploads,
             )
-        await verify(report, settings)
+            await verify(report, settings)
     print(report.table(), flush=True)
     return 0 if report.ok else 1
 
@@ -52,16 +63,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients (50)")
     parser.add_argument("--size-kb", type=int, default=256, help="file size in KiB (256)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds for the load (120)")
+    parser.add_argument(
+        "--idle-uploads", type=int, default=0, help="idle slow uploads beside the clients (0)"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= 1000 or not 1 <= args.size_kb <= 100 * 1024:
         parser.error("--clients must be 1-1000 and --size-kb 1-102400")
+    if not 0 <= args.idle_uploads <= 1000:
+        parser.error("--idle-uploads must be 0-1000")
 
     project = load_project(find_pyproject(REPO))
     running = start_embedded_services(embedded_settings(project, os.environ))
     try:
         # Only the launcher's variables: a TEST_DATABASE_URL of yours is not the load's target.
         config = resolve_config(project, running.env)
-        return asyncio.run(_main_async(config, args.clients, args.size_kb, args.timeout))
+        return asyncio.run(
+            _main_async(config, args.clients, args.size_kb, args.timeout, args.idle_uploads)
+        )
     except Exception as exc:
         print(f"load: failed: {exc}", file=sys.stderr)
         return 1

@@ -7,8 +7,9 @@ core never imports it.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "children_of",
     "count_rows",
     "create_document",
+    "eventually",
     "object_keys",
     "proc_stat",
     "proc_status_kb",
@@ -126,3 +128,14 @@ def wait_until(condition: Callable[[], bool], deadline_s: float, what: str) -> N
         if time.monotonic() > end:
             raise AssertionError(f"{what} did not happen within {deadline_s} s")
         time.sleep(0.02)
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[bool]], deadline_s: float, what: str
+) -> None:
+    """Await `condition` until it holds; AssertionError naming `what` at the deadline."""
+    end = time.monotonic() + deadline_s
+    while not await condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} did not happen within {deadline_s} s")
+        await asyncio.sleep(0.05)  # poll interval of a condition with a deadline

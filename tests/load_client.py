@@ -1,10 +1,11 @@
 """docstore served by a real uvicorn, and a bounded load against it: shared by
-tests/integration/test_load.py (small) and bench/load.py (the CLI, large), and by
-bench/bench_upload.py (`serve`).
+tests/integration/test_load.py (small) and bench/load.py (the CLI, large), by the slow-client
+and paused-server tests, and by bench/bench_upload.py (`serve`).
 
 `serve` runs `uvicorn api.asgi:app` with the app's variables (tests.app_adapter.environment_of)
 on a free loopback port; `run_load` lets every client upload one random file and download it
-again, all at once; `verify` counts the rows and the objects the load left.
+again, all at once; `open_slow_upload` starts an upload over a raw socket that stops sending
+at a chosen point; `verify` and `stored_keys` count the rows and the objects left behind.
 """
 
 from __future__ import annotations
@@ -25,15 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.pool import NullPool
 
 from api.config import Settings
 from api.db import create_engine_for
+from api.models import Document, PendingObjectDeletion
 from api.storage import make_s3_client
 from tests.harness.buckets import object_keys
 from tests.harness.embedded.procs import die_with_parent, free_port
-from tests.helpers import bearer, count_rows
+from tests.helpers import bearer
 
 REPO = Path(__file__).resolve().parents[1]
 OWNER = "load"
@@ -53,6 +56,7 @@ class LoadReport:
     elapsed_s: float = 0.0
     rows: int | None = None
     objects: int | None = None
+    idle_uploads: int = 0  # raw-socket uploads that went quiet beside the clients
 
     @property
     def requests(self) -> int:
@@ -87,6 +91,12 @@ class LoadReport:
             f"{rate:.1f} req/s   {moved / self.elapsed_s if self.elapsed_s else 0:.1f} MiB/s",
             f"rows {self.rows}   objects {self.objects}   expected {self.clients}",
         ]
+        if self.idle_uploads:
+            lines.insert(
+                1,
+                f"beside {self.idle_uploads} idle uploads (half stopped mid-file, half after "
+                "their file), held through the load, then hung up",
+            )
         lines += [f"error: {error}" for error in self.errors[:20]]
         return "\n".join(lines)
 
@@ -95,6 +105,7 @@ class LoadReport:
 class ServedApp:
     base_url: str
     pid: int
+    log: Callable[[], str] = field(repr=False)  # uvicorn's and the app's output so far
 
 
 @contextlib.asynccontextmanager
@@ -122,13 +133,21 @@ async def serve(
             preexec_fn=die_with_parent(os.getpid(), signal.SIGTERM),
         )
 
-        def log_tail() -> str:
+        final: list[str] = []
+
+        def log_text() -> str:
+            """The output so far; after the block, all of it (the file is gone then)."""
+            if final:
+                return final[0]
             log.seek(0)
-            return log.read()[-3000:].decode(errors="replace")
+            return log.read().decode(errors="replace")
+
+        def log_tail() -> str:
+            return log_text()[-3000:]
 
         try:
             await _wait_healthy(proc, base_url, timeout_s, log_tail)
-            yield ServedApp(base_url, proc.pid)
+            yield ServedApp(base_url, proc.pid, log_text)
         finally:
             proc.terminate()
             try:
@@ -136,6 +155,7 @@ async def serve(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 await asyncio.to_thread(proc.wait)
+            final.append(log_text())
 
 
 async def _wait_healthy(
@@ -163,11 +183,20 @@ async def _wait_healthy(
 
 
 async def run_load(
-    base_url: str, token: str, *, clients: int, size_bytes: int, timeout_s: float = 120.0
+    base_url: str,
+    token: str,
+    *,
+    clients: int,
+    size_bytes: int,
+    timeout_s: float = 120.0,
+    idle_uploads: int = 0,
 ) -> LoadReport:
     """Every client uploads one random file, then downloads it and checks its sha256; all
-    clients run at once. Bounded: `clients` uploads and downloads, and `timeout_s` overall."""
-    report = LoadReport(clients=clients, size_bytes=size_bytes)
+    clients run at once. Bounded: `clients` uploads and downloads, and `timeout_s` overall.
+    With `idle_uploads`, that many raw-socket uploads go quiet first (half in the middle of
+    their file, half right after it) and stay so until the clients are done; then they hang
+    up, and nothing of theirs may stay stored (see `verify`)."""
+    report = LoadReport(clients=clients, size_bytes=size_bytes, idle_uploads=idle_uploads)
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
     async def one_client(client: httpx.AsyncClient, n: int) -> None:
@@ -193,31 +222,134 @@ async def run_load(
         elif hashlib.sha256(downloaded.content).hexdigest() != expected:
             report.errors.append(f"download {n}: sha256 mismatch")
 
+    idle = [
+        await open_slow_upload(
+            base_url, token, secrets.token_bytes(size_bytes), "mid-file" if n % 2 else "file"
+        )
+        for n in range(idle_uploads)
+    ]
     started = time.perf_counter()
-    async with httpx.AsyncClient(
-        base_url=base_url, headers=bearer(token), limits=limits, timeout=60.0
-    ) as client:
-        try:
-            async with asyncio.timeout(timeout_s):
-                results = await asyncio.gather(
-                    *(one_client(client, n) for n in range(clients)), return_exceptions=True
-                )
-        except TimeoutError:
-            report.errors.append(f"the load did not finish within {timeout_s} s")
-            results = []
-    report.elapsed_s = time.perf_counter() - started
+    try:
+        async with httpx.AsyncClient(
+            base_url=base_url, headers=bearer(token), limits=limits, timeout=60.0
+        ) as client:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    results = await asyncio.gather(
+                        *(one_client(client, n) for n in range(clients)), return_exceptions=True
+                    )
+            except TimeoutError:
+                report.errors.append(f"the load did not finish within {timeout_s} s")
+                results = []
+        report.elapsed_s = time.perf_counter() - started
+    finally:
+        for upload in idle:
+            upload.close()
     report.errors += [f"client failed: {r!r}" for r in results if isinstance(r, BaseException)]
     return report
 
 
-async def verify(report: LoadReport, settings: Settings) -> LoadReport:
-    """Count the rows of the load's schema and the objects of its bucket into the report."""
+async def verify(report: LoadReport, settings: Settings, settle_s: float = 30.0) -> LoadReport:
+    """Count the rows of the load's database and the objects of its bucket into the report;
+    first wait (up to `settle_s`) until they agree: the service notices hung-up uploads and
+    deletes what they stored a moment after they hang up."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        stored = await stored_keys(settings)
+        if stored.consistent or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)  # poll interval of a condition with a deadline
+    report.rows, report.objects = len(stored.rows), len(stored.objects)
+    return report
+
+
+# ---------------------------------------------------------------- what is stored
+
+
+@dataclass(frozen=True)
+class StoredKeys:
+    """The storage keys the rows name, the objects in the bucket, and the outbox's size."""
+
+    rows: frozenset[str]
+    objects: frozenset[str]
+    outbox: int
+
+    @property
+    def consistent(self) -> bool:
+        """Every row has its object and every object its row."""
+        return self.rows == self.objects
+
+
+async def stored_keys(settings: Settings) -> StoredKeys:
     engine = create_engine_for(settings, poolclass=NullPool)
     try:
         async with AsyncSession(engine) as session:
-            report.rows = await count_rows(session)
+            rows = frozenset(await session.scalars(select(Document.storage_key)))
+            outbox = await session.scalar(select(func.count()).select_from(PendingObjectDeletion))
     finally:
         await engine.dispose()
     keys = await asyncio.to_thread(object_keys, make_s3_client(settings), settings.s3_bucket)
-    report.objects = len(keys)
-    return report
+    return StoredKeys(rows, frozenset(keys), outbox or 0)
+
+
+# ---------------------------------------------------------------- slow clients
+
+# How far a slow upload gets before it stops sending: only its request headers, half of its
+# file, the whole file part (the object is then stored), or all of its body but the last byte.
+SLOW_STAGES = ("headers", "mid-file", "file", "all-but-last")
+
+
+@dataclass
+class SlowUpload:
+    """An upload over a raw socket that sent its body up to `stage` and then went quiet."""
+
+    stage: str
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    async def answer(self, timeout_s: float) -> bytes:
+        """Whatever the server sends until it closes the connection (bounded in time)."""
+        async with asyncio.timeout(timeout_s):
+            return await self.reader.read()
+
+    def close(self) -> None:
+        """Hang up, as a client that gives up does."""
+        self.writer.close()
+
+
+def upload_request(
+    host: str, token: str, content: bytes, *, filename: str = "slow.bin", tags: str = "slow"
+) -> tuple[bytes, dict[str, int]]:
+    """A complete POST /documents as bytes, and where each of SLOW_STAGES stops in it."""
+    boundary = f"slow-{secrets.token_hex(8)}"
+    file_head = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=file; filename={filename}\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    # The file part ends, for the parser, where the next part's delimiter begins.
+    next_part = f"\r\n--{boundary}\r\n".encode()
+    tags_part = f"Content-Disposition: form-data; name=tags\r\n\r\n{tags}".encode()
+    body = file_head + content + next_part + tags_part + f"\r\n--{boundary}--\r\n".encode()
+    head = (
+        f"POST /documents HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    stops = {
+        "headers": len(head),
+        "mid-file": len(head) + len(file_head) + len(content) // 2,
+        "file": len(head) + len(file_head) + len(content) + len(next_part),
+        "all-but-last": len(head) + len(body) - 1,
+        "complete": len(head) + len(body),
+    }
+    return head + body, stops
+
+
+async def open_slow_upload(base_url: str, token: str, content: bytes, stage: str) -> SlowUpload:
+    """Connect, send the upload up to `stage` (one of SLOW_STAGES), and stop sending."""
+    host, _, port = base_url.removeprefix("http://").partition(":")
+    request, stops = upload_request(f"{host}:{port}", token, content)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request[: stops[stage]])
+    await writer.drain()
+    return SlowUpload(stage, reader, writer)

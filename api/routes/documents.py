@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -12,9 +13,12 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, 
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import func
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.config import Settings
 from api.cursor import CursorPosition, InvalidCursorError, decode_cursor, encode_cursor
 from api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from api.errors import cause_of, is_database_outage
 from api.filenames import content_disposition, sanitize_filename
 from api.models import Document, PendingObjectDeletion
 from api.multipart import MultipartError
@@ -28,8 +32,15 @@ from api.schemas import (
     ErrorOut,
     normalize_tag,
 )
-from api.storage import StorageError
-from api.uploads import UploadRejectedError, UploadTooLargeError, receive_upload
+from api.storage import ObjectNotFoundError, Storage, StorageError
+from api.upload_slots import UPLOAD_RETRY_AFTER_S, UploadSlots
+from api.uploads import (
+    UploadIdleError,
+    UploadRejectedError,
+    UploadTooLargeError,
+    receive_upload,
+    with_idle_deadline,
+)
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/documents", tags=["documents"])
@@ -71,8 +82,10 @@ Upload one document as `multipart/form-data`.
 * `tags` (optional): repeat the field (`tags=a`, `tags=b`) and/or separate names with commas
   (`tags=a,b`). {TAG_RULES}.
 
-413 when the file exceeds MAX_UPLOAD_BYTES, 422 for an empty file or bad tags, 503 when
-storage or the database is unavailable; in every failure case nothing is stored.
+413 when the file exceeds MAX_UPLOAD_BYTES, 422 for an empty file or bad tags, 408 when the
+client sends nothing for UPLOAD_IDLE_TIMEOUT seconds, 503 when storage or the database is
+unavailable or MAX_ACTIVE_UPLOADS uploads are already in progress (with `Retry-After`); in
+every failure case nothing is stored.
 """
 
 
@@ -101,10 +114,14 @@ def _version_etag(document: Document) -> str:
     openapi_extra=_UPLOAD_BODY,
     responses={
         401: {"description": "Missing or unknown Bearer token."},
+        408: {"description": "The client sent nothing for UPLOAD_IDLE_TIMEOUT seconds."},
         413: {"description": "The file is larger than MAX_UPLOAD_BYTES."},
         415: {"description": "The body is not multipart/form-data."},
         422: {"model": ErrorOut, "description": "Empty file, malformed form or bad tags."},
-        503: {"description": "Storage or database unavailable; nothing was stored."},
+        503: {
+            "description": "Storage or database unavailable, or too many uploads in "
+            "progress; nothing was stored."
+        },
     },
 )
 async def upload_document(
@@ -125,22 +142,85 @@ async def upload_document(
         raise HTTPException(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "send the document as multipart/form-data"
         )
+    slots: UploadSlots = request.app.state.upload_slots
+    if not slots.acquire():
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"too many uploads in progress (at most {slots.capacity}); retry shortly",
+            headers={"Retry-After": str(UPLOAD_RETRY_AFTER_S)},
+        )
+    try:
+        document = await _store_upload(request, owner, session, storage, settings)
+    finally:
+        slots.release()
+    response.headers["Location"] = f"/documents/{document.id}"
+    response.headers["ETag"] = _version_etag(document)
+    return DocumentOut.from_model(document)
 
+
+async def _discard_object(
+    storage: Storage, session: AsyncSession, key: str, failure: BaseException
+) -> None:
+    """No object may outlive a failed upload: delete it now; or, when S3 itself just failed
+    (it may be down, and a PUT it had queued may still land), record the key in the outbox,
+    where `python -m api.storage_gc` deletes it (and aborts any multipart upload) later."""
+    if not isinstance(failure, StorageError) and await storage.delete_quietly(key):
+        return
+    try:
+        await session.rollback()
+        session.add(PendingObjectDeletion(storage_key=key))
+        await session.commit()
+    except (SQLAlchemyError, OSError) as exc:
+        logger.error(
+            "object %s may be orphaned: it could be neither deleted nor recorded for "
+            "storage_gc (%s)",
+            key,
+            type(exc).__name__,
+        )
+    else:
+        logger.warning("upload failed (%s); object %s is left to storage_gc", failure, key)
+
+
+def _upload_failure(exc: BaseException) -> HTTPException | None:
+    """The answer to a failed upload, or None to let the exception through."""
+    if isinstance(exc, UploadTooLargeError):
+        return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc))
+    if isinstance(exc, UploadRejectedError | MultipartError):
+        return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc))
+    if isinstance(exc, UploadIdleError):
+        return HTTPException(
+            status.HTTP_408_REQUEST_TIMEOUT,
+            f"{exc}; nothing was stored",
+            headers={"Connection": "close"},
+        )
+    if isinstance(exc, StorageError):
+        logger.warning("upload to storage failed: %s", exc)
+        return HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "storage is unavailable; nothing was stored"
+        )
+    return None
+
+
+async def _store_upload(
+    request: Request, owner: str, session: AsyncSession, storage: Storage, settings: Settings
+) -> Document:
     document_id = uuid.uuid4()
     storage_key = f"documents/{document_id}"
+    body = with_idle_deadline(request.stream(), settings.upload_idle_timeout)
     try:
         upload = await receive_upload(
-            request.headers.get("content-type"), request.stream(), storage, storage_key, limit
+            request.headers.get("content-type"),
+            body,
+            storage,
+            storage_key,
+            settings.max_upload_bytes,
+            partial(_discard_object, storage, session, storage_key),
         )
-    except UploadTooLargeError as exc:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc)) from None
-    except (UploadRejectedError, MultipartError) as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-    except StorageError as exc:
-        logger.warning("upload to storage failed: %s", exc)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, "storage is unavailable; nothing was stored"
-        ) from None
+    except Exception as exc:
+        answer = _upload_failure(exc)
+        if answer is None:
+            raise
+        raise answer from None
 
     document = Document(
         id=document_id,
@@ -155,22 +235,38 @@ async def upload_document(
     try:
         document.tags = await ensure_tags(session, upload.tags)
         session.add(document)
-        await session.commit()
+        await session.flush()
     except BaseException as exc:
-        # Compensation: the row is not there, so the object must not be either.
+        # Compensation: the row was never written, so the object must go too.
         with anyio.CancelScope(shield=True):
-            await storage.delete_quietly(storage_key)
             with contextlib.suppress(Exception):
                 await session.rollback()
-        if isinstance(exc, SQLAlchemyError | OSError):
-            logger.warning("saving document %s failed: %s", document_id, type(exc).__name__)
+            await _discard_object(storage, session, storage_key, exc)
+        if is_database_outage(exc):
+            logger.warning("saving document %s failed: %s", document_id, cause_of(exc))
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE, "database is unavailable; nothing was stored"
             ) from None
-        raise
-    response.headers["Location"] = f"/documents/{document_id}"
-    response.headers["ETag"] = _version_etag(document)
-    return DocumentOut.from_model(document)
+        raise  # a refusal or a bug: a 500 from the app's handler, after the compensation
+    try:
+        await session.commit()
+    except (SQLAlchemyError, OSError) as exc:
+        # A COMMIT that failed in flight may still have gone through: the object stays, so
+        # the worst case is an orphaned object, never a row without its object.
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await session.rollback()
+        logger.warning(
+            "committing document %s failed (%s); its object %s is kept",
+            document_id,
+            cause_of(exc),
+            storage_key,
+        )
+        if not is_database_outage(exc):
+            raise
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "database is unavailable; the upload may be lost"
+        ) from None
+    return document
 
 
 @router.get(
@@ -255,6 +351,10 @@ async def download_document(
         )
     try:
         stream = await storage.open_download(document.storage_key, byte_range)
+    except ObjectNotFoundError:
+        # Deleted between reading the row and opening the object (a DELETE racing this GET).
+        logger.info("object %s of document %s is gone", document.storage_key, document_id)
+        raise _not_found(document_id) from None
     except StorageError as exc:
         logger.warning("download of %s failed: %s", document.storage_key, exc)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "storage is unavailable") from None

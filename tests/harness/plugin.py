@@ -142,10 +142,11 @@ class _XdistController:
 
 
 def _register_fixtures(config: pytest.Config, project: Project) -> None:
-    from . import fixtures
+    from . import faults, fixtures
     from .adapter import AdapterError, load_adapter
 
     config.pluginmanager.register(fixtures, "harness-fixtures")
+    config.pluginmanager.register(faults, "harness-faults")
     if project.uses_s3:
         from . import s3_fixtures
 

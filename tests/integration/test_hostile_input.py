@@ -333,6 +333,8 @@ MALFORMED_IDS = {
     "sql": "1%27%20OR%20%271%27%3D%271",
     "negative-number": "-1",
     "huge-number": str(10**40),
+    "encoded-control-characters": "a%01%1B%7F%C2%85",
+    "encoded-uuid-with-nul": f"{uuid.uuid4()}%00",
 }
 ID_ROUTES = [("GET", ""), ("GET", "/content"), ("PATCH", ""), ("DELETE", "")]
 
@@ -390,6 +392,11 @@ HOSTILE_TAGS = {
     "newline": "a\nb",
     "path-traversal": "../etc",
     "percent": "100%",
+    "soh": "a\x01b",
+    "escape": "a\x1bb",
+    "del": "a\x7fb",
+    "c1-control": "a\x85b",
+    "only-a-nul": "\x00",
 }
 
 
@@ -460,6 +467,9 @@ HOSTILE_FILENAMES: dict[str, tuple[bytes, str]] = {
     "tab-and-vertical-tab": (b"a\tb\x0bc.txt", "abc.txt"),
     "nul-byte": (b"a\x00b.txt", "ab.txt"),
     "latin1-bytes": (b"caf\xe9.txt", "café.txt"),
+    "escape-and-del": (b"a\x1bb\x7fc.txt", "abc.txt"),
+    "c1-controls": ("a\x85b\x9f.txt".encode(), "ab.txt"),
+    "only-controls": (b"\x00\x01\x1f", "document"),
     "line-separator": ("a\u2028b.txt".encode(), "ab.txt"),
 }
 
@@ -646,3 +656,104 @@ async def test_a_forged_cursor_gets_422(client: httpx.AsyncClient, cursor: str) 
     response = await client.get("/documents", params={"cursor": cursor})
 
     assert_json_client_error(response, 422)
+
+
+# ---------------------------------------------------------------- NUL and control characters
+
+CONTROL_CHARACTERS = {
+    "nul": "\x00",
+    "soh": "\x01",
+    "tab": "\t",
+    "newline": "\n",
+    "carriage-return": "\r",
+    "escape": "\x1b",
+    "unit-separator": "\x1f",
+    "del": "\x7f",
+    "c1-next-line": "\x85",
+    "c1-last": "\x9f",
+}
+# Every query parameter of every route, and one no route declares.
+QUERY_PARAMETERS = [
+    ("GET", "/documents", "limit", "5"),
+    ("GET", "/documents", "cursor", "x"),
+    ("GET", "/documents", "tag", "keep"),
+    ("GET", "/documents", "owner", "alice"),
+    ("GET", "/tags", "min_count", "1"),
+    ("GET", "/documents", "undeclared", "x"),
+    ("GET", "/health", "undeclared", "x"),
+    ("GET", "/documents/{id}", "undeclared", "x"),
+    ("GET", "/documents/{id}/content", "undeclared", "x"),
+    ("PATCH", "/documents/{id}", "undeclared", "x"),
+    ("DELETE", "/documents/{id}", "undeclared", "x"),
+    ("POST", "/documents", "undeclared", "x"),
+]
+
+
+@pytest.mark.parametrize("where", ["value", "name"])
+@pytest.mark.parametrize(
+    ("method", "path", "name", "value"),
+    QUERY_PARAMETERS,
+    ids=[f"{m}{p}?{n}" for m, p, n, _ in QUERY_PARAMETERS],
+)
+async def test_a_control_character_in_any_query_parameter_gets_422_and_touches_nothing(
+    authed_client: httpx.AsyncClient,
+    db_session: AsyncSession,
+    s3_client: S3Client,
+    s3_bucket: str,
+    method: str,
+    path: str,
+    name: str,
+    value: str,
+    where: str,
+) -> None:
+    created = await create_document(authed_client, ORIGINAL, tags="keep")
+    before = await stored(db_session, s3_client, s3_bucket)
+
+    for label, control in CONTROL_CHARACTERS.items():
+        params = (
+            {name: value[:1] + control + value[1:]}
+            if where == "value"
+            else {name[:1] + control + name[1:]: value}
+        )
+        response = await authed_client.request(
+            method,
+            path.format(id=created["id"]),
+            params=params,
+            json={"filename": "x.txt"} if method == "PATCH" else None,
+            headers={"If-Match": "1"},
+            files={"file": ("a.txt", b"data")} if method == "POST" else None,
+        )
+
+        assert_json_client_error(response, 422)
+        [problem] = response.json()["detail"]
+        assert problem["loc"] == ["query", *params], label
+
+    assert await stored(db_session, s3_client, s3_bucket) == before
+    assert (await authed_client.get(f"/documents/{created['id']}")).json() == created
+
+
+@pytest.mark.parametrize("header", ["If-Match", "Range"])
+async def test_a_control_character_in_a_header_never_gets_a_5xx(
+    authed_client: httpx.AsyncClient,
+    db_session: AsyncSession,
+    s3_client: S3Client,
+    s3_bucket: str,
+    header: str,
+) -> None:
+    created = await create_document(authed_client, ORIGINAL, tags="keep")
+    before = await stored(db_session, s3_client, s3_bucket)
+    method, path = ("PATCH", "") if header == "If-Match" else ("GET", "/content")
+    allowed = {200, 400, 412, 422} if method == "PATCH" else {200, 206, 416}
+
+    for label, control in CONTROL_CHARACTERS.items():
+        value = {"If-Match": "1", "Range": "bytes=0-1"}[header] + control
+        response = await authed_client.request(
+            method,
+            f"/documents/{created['id']}{path}",
+            headers={header.encode(): value.encode("latin-1")},
+            json={"filename": "renamed.txt"} if method == "PATCH" else None,
+        )
+
+        assert response.status_code in allowed, (label, response.status_code, response.text)
+    if method == "GET":
+        assert await stored(db_session, s3_client, s3_bucket) == before

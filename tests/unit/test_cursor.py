@@ -98,3 +98,21 @@ def test_garbage_is_rejected(cursor: str) -> None:
 def test_well_encoded_cursors_with_forged_contents_are_rejected(payload: object) -> None:
     with pytest.raises(InvalidCursorError):
         decode_cursor(forge(payload))
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59.999999-14:00", "0001-01-01T00:00:00+00:01"],
+)
+def test_a_timestamp_with_no_utc_equivalent_is_refused_as_out_of_range(timestamp: str) -> None:
+    cursor = forge({"v": 1, "t": timestamp, "i": str(POSITION.id)})
+
+    with pytest.raises(InvalidCursorError, match="out of range"):
+        decode_cursor(cursor)
+
+
+def test_decoded_timestamps_are_in_utc() -> None:
+    cursor = forge({"v": 1, "t": "2025-01-01T05:00:00+05:00", "i": str(POSITION.id)})
+
+    assert decode_cursor(cursor).created_at == datetime(2025, 1, 1, tzinfo=UTC)
+    assert decode_cursor(cursor).created_at.tzinfo is UTC

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from api import Settings, SettingsError, load_settings
+from api.config import S3_CONTINUE_WAIT_S, load_database_settings
 from api.db import engine_connect_args
 
 DB_PASSWORD = "db-pa55word-xyz"
@@ -159,11 +160,74 @@ def test_database_schema_must_be_a_plain_identifier(schema: str) -> None:
 def test_database_schema_becomes_the_connections_search_path() -> None:
     settings = load_settings(valid_env(DATABASE_SCHEMA="run_42"))
 
-    assert engine_connect_args(settings) == {"server_settings": {"search_path": "run_42"}}
+    assert engine_connect_args(settings)["server_settings"]["search_path"] == "run_42"
 
 
 def test_without_a_schema_no_search_path_is_forced() -> None:
-    assert engine_connect_args(load_settings(valid_env())) == {}
+    assert "search_path" not in engine_connect_args(load_settings(valid_env()))["server_settings"]
+
+
+def test_every_database_call_of_the_service_has_a_deadline() -> None:
+    settings = load_settings(
+        valid_env(
+            DATABASE_CONNECT_TIMEOUT="2.5",
+            DATABASE_COMMAND_TIMEOUT="6",
+            DATABASE_STATEMENT_TIMEOUT="1.5",
+        )
+    )
+
+    assert engine_connect_args(settings) == {
+        "timeout": 2.5,
+        "command_timeout": 6.0,
+        "server_settings": {"statement_timeout": "1500"},
+    }
+
+
+def test_migrations_get_a_connect_deadline_but_no_statement_deadline() -> None:
+    settings = load_database_settings(valid_env())
+
+    assert engine_connect_args(settings) == {"timeout": 3.0}
+
+
+def test_the_deadlines_default_to_at_most_ten_seconds_per_request() -> None:
+    settings = load_settings(valid_env())
+
+    assert settings.database_connect_timeout + settings.database_command_timeout <= 10
+    assert settings.s3_call_deadline <= 10
+    assert settings.health_timeout < 5
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DATABASE_COMMAND_TIMEOUT", "0"),
+        ("S3_READ_TIMEOUT", "-1"),
+        ("HEALTH_TIMEOUT", "nan"),
+        ("UPLOAD_IDLE_TIMEOUT", "inf"),
+        ("DATABASE_CONNECT_TIMEOUT", "soon"),
+    ],
+)
+def test_deadlines_must_be_positive_finite_seconds(variable: str, value: str) -> None:
+    message = error_for(valid_env(**{variable: value}))
+
+    assert f"{variable}: " in message
+    assert "positive number of seconds" in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("S3_MAX_ATTEMPTS", "0"), ("S3_MAX_THREADS", "0"), ("MAX_ACTIVE_UPLOADS", "-3")],
+)
+def test_pool_sizes_and_attempts_must_be_positive_whole_numbers(variable: str, value: str) -> None:
+    assert f"{variable}: " in error_for(valid_env(**{variable: value}))
+
+
+def test_the_s3_call_deadline_outlasts_botocores_own_worst_case() -> None:
+    settings = load_settings(
+        valid_env(S3_CONNECT_TIMEOUT="2", S3_READ_TIMEOUT="5", S3_MAX_ATTEMPTS="3")
+    )
+
+    assert settings.s3_call_deadline > 3 * (2 + S3_CONTINUE_WAIT_S + 5)
 
 
 def test_repr_of_settings_hides_every_secret() -> None:
@@ -195,3 +259,15 @@ def test_load_settings_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPat
         monkeypatch.setenv(name, value)
 
     assert load_settings().s3_bucket == "from-environ"
+
+
+def test_storage_gc_exits_2_with_one_message_on_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from api import storage_gc
+
+    for name in valid_env():
+        monkeypatch.delenv(name, raising=False)
+
+    assert storage_gc.main([]) == storage_gc.EXIT_CONFIGURATION
+    assert "DATABASE_URL: is not set" in capsys.readouterr().err

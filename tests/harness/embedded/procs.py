@@ -161,11 +161,47 @@ def spawn(
         )
 
 
+def descendants(root: int) -> set[int]:
+    """Every process below `root` (PostgreSQL's backends lead process groups of their own)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def signal_tree(leader: int, sig: signal.Signals) -> None:
+    """`sig` to the leader's process group and to every process below it; for SIGSTOP the
+    leader first (it forks no more), for SIGCONT the leader last."""
+    targets = sorted(descendants(leader))
+    if sig == signal.SIGSTOP:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader, sig)
+        targets = sorted(descendants(leader))  # now a fixed set: the leader is stopped
+    for pid in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    if sig != signal.SIGSTOP:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader, sig)
+
+
 def stop_process(proc: subprocess.Popen[bytes], sig: signal.Signals, grace_s: float = 5.0) -> None:
     if proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(sig)
+        if os.getpgid(proc.pid) == proc.pid:
+            # A server paused by a fault test (tests/harness/faults.py) must run to handle
+            # `sig`, and so must its children (PostgreSQL's backends, in groups of their own).
+            signal_tree(proc.pid, signal.SIGCONT)
     try:
         proc.wait(grace_s)
     except subprocess.TimeoutExpired:
