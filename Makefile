@@ -1,30 +1,37 @@
 # The front door. On a machine with only python3 and make:
 #   make test-integration   the integration suite (Docker if a daemon answers, else embedded)
 #   make test               every tier: unit, integration, and the harness's own
-# Every target bootstraps its own tox into .tools/ on first use.
+# Every target bootstraps its own tox into .tools/ on first use; every tox env installs the
+# exact versions of uv.lock (`make lock` after changing a dependency, README "Dependencies").
 
 PYTHON ?= python3
 TOOLS := .tools
 TOX ?= $(TOOLS)/bin/tox
-# Pinned: tox-docker 5.0.0 is unmaintained and needs tox 4; tox-uv 1.37.1 resolves everywhere we run.
-TOOL_PINS := tox==4.67.13 tox-uv==1.37.1 tox-docker==5.0.0
+# Pinned: tox-docker 5.0.0 is unmaintained and needs tox 4; tox-uv 1.37.1 resolves everywhere we run;
+# uv, which tox-uv brings, writes and reads uv.lock (pyproject's lint group pins the same uv).
+TOOL_PINS := tox==4.67.13 tox-uv==1.37.1 tox-docker==5.0.0 uv==0.13.9
+UV := $(TOOLS)/bin/uv
 BACKEND ?= auto
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help tools test-unit test-integration test-harness test lint type coverage dev services-up services-down clean-leftovers bench bench-services clean
+.PHONY: help tools lock test-unit test-integration test-harness test lint type coverage dev services-up services-down clean-leftovers bench bench-services clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  Variables: BACKEND=auto|docker|embedded, ARGS='pytest args', e.g. ARGS='-n 2 -k upload'"
 
-$(TOOLS)/.installed:
-	@echo "make: installing tox ($(TOOL_PINS)) into $(TOOLS)/ (first run only)"
-	@$(PYTHON) -m venv $(TOOLS)
-	@$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check $(TOOL_PINS)
-	@touch $@
+# The stamp holds the pins it was made with, so changing TOOL_PINS reinstalls the tools.
+tools: ## install the pinned tox, tox-uv (with uv) and tox-docker into .tools/
+	@if [ "$$(cat $(TOOLS)/.installed 2>/dev/null)" != "$(TOOL_PINS)" ]; then \
+	  echo "make: installing tox ($(TOOL_PINS)) into $(TOOLS)/"; \
+	  $(PYTHON) -m venv $(TOOLS) && \
+	  $(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check $(TOOL_PINS) && \
+	  echo "$(TOOL_PINS)" > $(TOOLS)/.installed; \
+	fi
 
-tools: $(TOOLS)/.installed ## install the pinned tox, tox-uv and tox-docker into .tools/
+lock: tools ## update uv.lock after changing pyproject.toml; UPGRADE=NAME moves one package to its newest allowed version
+	$(UV) lock $(if $(UPGRADE),--upgrade-package $(UPGRADE))
 
 test-unit: tools ## the app's unit tests: no Docker, no database, no network
 	$(TOX) -e unit $(if $(ARGS),-- $(ARGS))
@@ -51,7 +58,7 @@ test-harness: tools ## the harness's own tests, on a sample app (embedded servic
 
 test: test-unit test-integration test-harness ## all tests: unit, integration, then the harness's own
 
-lint: tools ## ruff check and format check
+lint: tools ## uv.lock up to date, ruff check and format check
 	$(TOX) -e lint
 
 type: tools ## mypy --strict
