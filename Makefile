@@ -83,7 +83,7 @@ test-harness: tools ## the harness's own tests, on a sample app (embedded servic
 
 test: test-unit test-integration test-harness ## all tests: unit, integration, then the harness's own
 
-lint: tools ## uv.lock up to date, ruff check and format check
+lint: tools ## uv.lock up to date, ruff check and format check, the GitHub workflow checked
 	$(TOX) -e lint
 
 type: tools ## mypy --strict
