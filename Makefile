@@ -2,13 +2,14 @@
 #   make test-integration   the integration suite (Docker if a daemon answers, else embedded)
 #   make test               every tier: unit, integration, and the harness's own
 # Every target bootstraps its own tox into .tools/ on first use; every tox env installs the
-# exact versions of uv.lock (`make lock` after changing a dependency, README "Dependencies").
+# exact versions of its hashed lock in locks/ (`make lock` after changing a dependency, README
+# "Dependencies").
 
 PYTHON ?= python3
 TOOLS := .tools
 TOX ?= $(TOOLS)/bin/tox
 # Pinned: tox-docker 5.0.0 is unmaintained and needs tox 4; tox-uv 1.37.1 resolves everywhere we run;
-# uv, which tox-uv brings, writes and reads uv.lock (pyproject's lint group pins the same uv).
+# uv, which tox-uv brings, compiles the locks (pyproject's lint group pins the same uv, which checks them).
 TOOL_PINS := tox==4.67.13 tox-uv==1.37.1 tox-docker==5.0.0 uv==0.13.9
 UV := $(TOOLS)/bin/uv
 BACKEND ?= auto
@@ -34,8 +35,10 @@ tools: ## install the pinned tox, tox-uv (with uv) and tox-docker into .tools/
 	  echo "$(TOOL_PINS)" > $(TOOLS)/.installed; \
 	fi
 
-lock: tools ## update uv.lock after changing pyproject.toml; UPGRADE=NAME moves one package to its newest allowed version
-	$(UV) lock $(if $(UPGRADE),--upgrade-package $(UPGRADE))
+# UPGRADE=NAME (or several, space-separated) moves those packages to the newest versions their
+# bounds allow; UPGRADE=:all: moves every package.
+lock: tools ## rewrite locks/ after changing pyproject.toml; UPGRADE=NAME moves one package to its newest allowed version
+	$(TOOLS)/bin/python .ci/locks.py --uv $(UV) $(if $(filter :all:,$(UPGRADE)),--upgrade,$(foreach p,$(UPGRADE),--upgrade-package $(p)))
 
 test-unit: tools ## the app's unit tests: no Docker, no database, no network
 	$(TOX) -e unit $(if $(ARGS),-- $(ARGS))
@@ -83,7 +86,7 @@ test-harness: tools ## the harness's own tests, on a sample app (embedded servic
 
 test: test-unit test-integration test-harness ## all tests: unit, integration, then the harness's own
 
-lint: tools ## uv.lock up to date, ruff check and format check, the GitHub workflow checked
+lint: tools ## the locks up to date, ruff check and format check, the GitHub workflow checked
 	$(TOX) -e lint
 
 type: tools ## mypy --strict
