@@ -1,37 +1,72 @@
 # The front door. On a machine with only python3 and make:
 #   make test-integration   the integration suite (Docker if a daemon answers, else embedded)
 #   make test               every tier: unit, integration, and the harness's own
-# Every target bootstraps its own tox into .tools/ on first use.
+# Every target bootstraps its own tox into .tools/ on first use; every tox env installs the
+# exact versions of its hashed lock in locks/ (`make lock` after changing a dependency, README
+# "Dependencies").
 
 PYTHON ?= python3
 TOOLS := .tools
 TOX ?= $(TOOLS)/bin/tox
-# Pinned: tox-docker 5.0.0 is unmaintained and needs tox 4; tox-uv 1.37.1 resolves everywhere we run.
-TOOL_PINS := tox==4.67.13 tox-uv==1.37.1 tox-docker==5.0.0
+# Pinned: tox-docker 5.0.0 is unmaintained and needs tox 4; tox-uv 1.37.1 resolves everywhere we run;
+# uv, which tox-uv brings, compiles the locks (pyproject's lint group pins the same uv, which checks them).
+TOOL_PINS := tox==4.67.13 tox-uv==1.37.1 tox-docker==5.0.0 uv==0.13.9
+UV := $(TOOLS)/bin/uv
 BACKEND ?= auto
 ARGS ?=
+# SHARD=i/n: the i-th of n duration-balanced shards of the integration tier (pytest-split).
+SHARD ?=
+DURATIONS := .test_durations
 
 .DEFAULT_GOAL := help
-.PHONY: help tools test-unit test-integration test-harness test lint type coverage dev services-up services-down clean-leftovers bench bench-services clean
+.PHONY: help tools lock test-unit test-integration test-harness test lint type coverage dev services-up services-down clean-leftovers bench bench-services durations shard-check clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  Variables: BACKEND=auto|docker|embedded, ARGS='pytest args', e.g. ARGS='-n 2 -k upload'"
+	@echo "  Variables: BACKEND=auto|docker|embedded, ARGS='pytest args', e.g. ARGS='-n 2 -k upload',"
+	@echo "             SHARD=i/n (test-integration: the i-th of n shards)"
 
-$(TOOLS)/.installed:
-	@echo "make: installing tox ($(TOOL_PINS)) into $(TOOLS)/ (first run only)"
-	@$(PYTHON) -m venv $(TOOLS)
-	@$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check $(TOOL_PINS)
-	@touch $@
+# The stamp holds the pins it was made with, so changing TOOL_PINS reinstalls the tools.
+tools: ## install the pinned tox, tox-uv (with uv) and tox-docker into .tools/
+	@if [ "$$(cat $(TOOLS)/.installed 2>/dev/null)" != "$(TOOL_PINS)" ]; then \
+	  echo "make: installing tox ($(TOOL_PINS)) into $(TOOLS)/"; \
+	  $(PYTHON) -m venv $(TOOLS) && \
+	  $(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check $(TOOL_PINS) && \
+	  echo "$(TOOL_PINS)" > $(TOOLS)/.installed; \
+	fi
 
-tools: $(TOOLS)/.installed ## install the pinned tox, tox-uv and tox-docker into .tools/
+# UPGRADE=NAME (or several, space-separated) moves those packages to the newest versions their
+# bounds allow; UPGRADE=:all: moves every package.
+lock: tools ## rewrite locks/ after changing pyproject.toml; UPGRADE=NAME moves one package to its newest allowed version
+	$(TOOLS)/bin/python .ci/locks.py --uv $(UV) $(if $(filter :all:,$(UPGRADE)),--upgrade,$(foreach p,$(UPGRADE),--upgrade-package $(p)))
 
 test-unit: tools ## the app's unit tests: no Docker, no database, no network
 	$(TOX) -e unit $(if $(ARGS),-- $(ARGS))
 
-test-integration: tools ## the app's integration tests on real PostgreSQL + S3 (tox-docker, or embedded)
-	@env=$$($(MAKE) --no-print-directory _integration-env); \
-	$(TOX) -e $$env $(if $(ARGS),-- $(ARGS))
+test-integration: tools ## the app's integration tests on real PostgreSQL + S3 (tox-docker, or embedded); SHARD=i/n for one shard
+	@env=$$($(MAKE) --no-print-directory _integration-env) || exit $$?; \
+	if [ -z "$(SHARD)" ]; then \
+	  $(TOX) -e $$env $(if $(ARGS),-- $(ARGS)); \
+	else \
+	  shard=$$($(MAKE) --no-print-directory _shard) || exit $$?; set -- $$shard; \
+	  echo "make: shard $$1 of $$2 (pytest-split, $(DURATIONS)): its own tox dir .tox/shard-$$1-of-$$2, its own services, reports/integration-shard-$$1-of-$$2.xml" >&2; \
+	  JUNIT_XML=$(CURDIR)/reports/integration-shard-$$1-of-$$2.xml \
+	  $(TOX) --workdir .tox/shard-$$1-of-$$2 -e $$env -- \
+	    --splits $$2 --group $$1 --splitting-algorithm least_duration --durations-path $(DURATIONS) \
+	    $(or $(ARGS),tests/integration); \
+	fi
+
+# Prints "i n" for SHARD=i/n, or fails saying what is wrong with it.
+_shard:
+	@s='$(SHARD)'; case "$$s" in \
+	  */*) i=$${s%%/*}; n=$${s#*/} ;; \
+	  *) i=; n= ;; \
+	esac; \
+	case "$$i$$n" in ''|*[!0-9]*) echo "make: SHARD must be i/n with 1 <= i <= n, e.g. SHARD=1/2 (got '$(SHARD)')" >&2; exit 2 ;; esac; \
+	if [ "$$i" -lt 1 ] || [ "$$i" -gt "$$n" ]; then \
+	  echo "make: SHARD must be i/n with 1 <= i <= n, e.g. SHARD=1/2 (got '$(SHARD)')" >&2; exit 2; \
+	fi; \
+	echo "$$i $$n"
 
 # Prints the tox env to use, and on stderr one line saying which and why.
 _integration-env:
@@ -51,7 +86,7 @@ test-harness: tools ## the harness's own tests, on a sample app (embedded servic
 
 test: test-unit test-integration test-harness ## all tests: unit, integration, then the harness's own
 
-lint: tools ## ruff check and format check
+lint: tools ## the locks up to date, ruff check and format check, the GitHub workflow checked
 	$(TOX) -e lint
 
 type: tools ## mypy --strict
@@ -79,6 +114,28 @@ bench: tools ## every benchmark in one process on the embedded services; writes 
 bench-services: tools ## start-up times of the embedded services and of make test-integration, median of 5
 	$(TOX) -e bench-services
 	$(PYTHON) bench/bench_make.py
+
+durations: tools ## rerun the integration tier unsharded and rewrite .test_durations (commit it)
+	@env=$$($(MAKE) --no-print-directory _integration-env) || exit $$?; \
+	JUNIT_XML=$(CURDIR)/reports/integration-durations.xml \
+	$(TOX) -e $$env -- --store-durations --clean-durations --durations-path $(DURATIONS) tests/integration
+
+# The shards' union is exactly the suite: no test lost, none run twice. Compares
+# $(REPORTS)/integration-shard-*-of-N.xml with the unsharded $(REPORTS)/integration.xml, or,
+# without one (CI: the shards ran on other runners), with the suite's collected test ids.
+REPORTS ?= reports
+shard-check: tools ## after SHARD=1/N ... N/N: their union is the whole suite (SHARDS=N, default 2; REPORTS=dir)
+	@n=$(or $(SHARDS),2); shards=$$(ls $(REPORTS)/integration-shard-*-of-$$n.xml 2>/dev/null); \
+	if [ -f "$(REPORTS)/integration.xml" ]; then expected=$(REPORTS)/integration.xml; \
+	else \
+	  expected=reports/integration-ids.txt; mkdir -p reports; \
+	  env=$$($(MAKE) --no-print-directory _integration-env) || exit $$?; \
+	  JUNIT_XML=$(CURDIR)/reports/integration-collect.xml \
+	  $(TOX) -q -e $$env -- --collect-only -q tests/integration > reports/integration-collect.out || \
+	    { cat reports/integration-collect.out; exit 1; }; \
+	  grep '::' reports/integration-collect.out > $$expected; \
+	fi; \
+	$(PYTHON) .ci/check_shards.py --expected $$expected $$shards
 
 clean: ## remove tox envs, tools, reports and caches (never your data)
 	rm -rf .tox $(TOOLS) reports .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* bench/results.json

