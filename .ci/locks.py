@@ -22,6 +22,8 @@ committed locks, and names the fix when they differ.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -34,6 +36,23 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCKS = "locks"
 ALL = "all"
 FIX = "fix: make lock"
+# What the locks were made from: any change to a bound in pyproject.toml makes them stale, even
+# one that the locked versions still satisfy (the next `make lock` may pick other versions).
+INPUTS = "inputs.sha256"
+
+
+def inputs_digest(pyproject: dict[str, object]) -> str:
+    project = pyproject["project"]
+    tool = pyproject.get("tool", {})
+    assert isinstance(project, dict) and isinstance(tool, dict)
+    inputs = {
+        "dependencies": project.get("dependencies", []),
+        "optional-dependencies": project.get("optional-dependencies", {}),
+        "requires-python": project.get("requires-python", ""),
+        "dependency-groups": pyproject.get("dependency-groups", {}),
+        "locks": tool.get("locks", {}),
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
 def lock_sets(pyproject: dict[str, object]) -> dict[str, list[str]]:
@@ -133,9 +152,16 @@ def compile_all(uv: str, work: Path, extra: list[str], upgrade_all: bool) -> Non
             sys.exit(f"locks: {target} would name a URL (an index or a file); the locks name none")
 
 
-def check(names: list[str], strays: list[str], locks: Path, fresh: Path) -> int:
+def check(names: list[str], strays: list[str], locks: Path, fresh: Path, digest: str) -> int:
     """Compare the committed locks with the fresh ones; print what is stale and the fix."""
     stale = 0
+    recorded = (locks / INPUTS).read_text().strip() if (locks / INPUTS).is_file() else ""
+    if recorded != digest:
+        print(
+            "the dependencies in pyproject.toml changed since the locks were made "
+            f"({LOCKS}/{INPUTS}); {FIX}"
+        )
+        stale += 1
     for name in names:
         path = locks / f"{name}.txt"
         if not path.is_file():
@@ -192,16 +218,18 @@ def main() -> int:
             (work / LOCKS).mkdir()
         compile_all(uv, work, extra, args.upgrade)
         names = list(lock_sets(tomllib.loads((ROOT / "pyproject.toml").read_text())))
-        wanted = {f"{name}.txt" for name in names}
+        wanted = {f"{name}.txt" for name in names} | {INPUTS}
+        digest = inputs_digest(tomllib.loads((ROOT / "pyproject.toml").read_text()))
         strays = sorted(path.name for path in locks.glob("*") if path.name not in wanted)
         if args.check:
-            return check(names, strays, locks, work / LOCKS)
+            return check(names, strays, locks, work / LOCKS, digest)
         locks.mkdir(exist_ok=True)
         for name in names:
             shutil.copyfile(work / LOCKS / f"{name}.txt", locks / f"{name}.txt")
         for stray in strays:
             (locks / stray).unlink()
             print(f"locks: removed {LOCKS}/{stray} (no set of [tool.locks] names it)")
+        (locks / INPUTS).write_text(digest + "\n")
         print(f"locks: wrote {', '.join(f'{LOCKS}/{name}.txt' for name in names)}")
     return 0
 

@@ -91,7 +91,8 @@ def test_each_requirements_file_and_its_group_name_the_same_requirements(
 
 def test_there_is_one_lock_per_set_and_the_full_one() -> None:
     on_disk = {path.name for path in LOCKS.iterdir()}
-    assert on_disk == {f"{name}.txt" for name in [*LOCK_SETS, "all"]}, "`make lock` writes them"
+    expected = {f"{name}.txt" for name in [*LOCK_SETS, "all"]} | {"inputs.sha256"}
+    assert on_disk == expected, "`make lock` writes them, and the digest of what they came from"
 
 
 @pytest.mark.parametrize("lock", sorted(path.name for path in LOCKS.glob("*")))
