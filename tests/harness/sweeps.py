@@ -10,30 +10,36 @@ from .janitor import autocommit_engine, schema_admin_engine, set_cleanup_deadlin
 from .project import Project
 from .stamps import Stamp
 
+_STAMPED = {
+    "schema": "SELECT nspname, obj_description(oid, 'pg_namespace') FROM pg_namespace "
+    "WHERE nspname LIKE 'test\\_%'",
+    "database": "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
+    "WHERE datname LIKE 'test\\_%'",
+}
+
+
+async def _dead(admin: AsyncEngine, kind: str, project: Project, include_kept: bool) -> list[str]:
+    """The names of this project's stamped schemas or databases whose run is dead."""
+    async with admin.connect() as conn:
+        rows = (await conn.execute(text(_STAMPED[kind]))).all()
+    return [
+        name
+        for name, comment in rows
+        if (stamp := Stamp.from_json(project, comment)) is not None
+        and stamp.owner_is_dead(include_kept=include_kept)
+    ]
+
 
 async def sweep_dead_schemas(
     admin: AsyncEngine, project: Project, *, include_kept: bool = False
 ) -> list[str]:
     """Drop the schemas of this project's harness runs on this machine whose process is gone."""
-    async with admin.connect() as conn:
-        rows = (
-            await conn.execute(
-                text(
-                    "SELECT nspname, obj_description(oid, 'pg_namespace') FROM pg_namespace "
-                    "WHERE nspname LIKE 'test\\_%'"
-                )
-            )
-        ).all()
-    dropped = []
-    for name, comment in rows:
-        stamp = Stamp.from_json(project, comment)
-        if stamp is None or not stamp.owner_is_dead(include_kept=include_kept):
-            continue
+    dropped = await _dead(admin, "schema", project, include_kept)
+    for name in dropped:
         async with admin.begin() as conn:
             await set_cleanup_deadline(conn)
             quoted = conn.dialect.identifier_preparer.quote_identifier(name)
             await conn.execute(text(f"DROP SCHEMA IF EXISTS {quoted} CASCADE"))
-        dropped.append(name)
     return dropped
 
 
@@ -43,23 +49,11 @@ async def sweep_dead_databases(
     """Drop the databases of this project's harness runs on this machine whose process is gone.
 
     `admin` must be an AUTOCOMMIT engine (see autocommit_engine)."""
+    dropped = await _dead(admin, "database", project, include_kept)
     async with admin.connect() as conn:
-        rows = (
-            await conn.execute(
-                text(
-                    "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
-                    "WHERE datname LIKE 'test\\_%'"
-                )
-            )
-        ).all()
-        dropped = []
-        for name, comment in rows:
-            stamp = Stamp.from_json(project, comment)
-            if stamp is None or not stamp.owner_is_dead(include_kept=include_kept):
-                continue
+        for name in dropped:
             quoted = conn.dialect.identifier_preparer.quote_identifier(name)
             await conn.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
-            dropped.append(name)
     return dropped
 
 
