@@ -7,11 +7,10 @@ the server's process group and of its children (PostgreSQL's backends lead group
 own); the run directory's state file names the pid, which must also serve the target's port.
 Docker: `docker pause`/`docker unpause` of the container publishing the port.
 
-The server is resumed when the block ends, whatever happened in it, and by a watchdog thread
-at the block's deadline even if the test hangs; after the resume the block waits (with a
-deadline) until the server has read every connection and byte queued while it was paused. A
-server the harness did not start (your own TEST_DATABASE_URL, say) is never paused: the test
-is skipped with the reason. Under xdist the pause also stalls the other workers' requests.
+Resumed when the block ends, whatever happened in it, or by a watchdog at its deadline; then
+the block waits (with a deadline) until the server has read what queued meanwhile. A server
+the harness did not start is never paused, nor one shared with other xdist workers: the test
+is skipped, saying why.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ import pytest
 from .config import HarnessConfig, embedded_settings
 from .embedded.procs import signal_tree
 from .embedded.readiness import ready_file_of
-from .embedded.rundir import STATE_FILE, RunState, proc_start_time
+from .embedded.rundir import STATE_FILE, RunState, proc_cmdline, proc_start_time
 
 SERVICES = ("postgres", "s3")
 # The program each embedded service runs (rundir.Child.program), as the launcher records it.
@@ -44,6 +43,10 @@ DEFAULT_MAX_PAUSE_S = 30.0
 DRAIN_TIMEOUT_S = 10.0
 DOCKER_TIMEOUT_S = 15.0
 POLL_S = 0.02
+UNDER_XDIST = (
+    "pausing the run's servers would stall the other xdist workers' tests too: "
+    "run the tests that pause servers without -n"
+)
 # /proc/net/tcp states: the server closed nothing yet although the client did.
 _CLOSE_WAIT = "08"
 
@@ -84,17 +87,9 @@ def service_ports(config: HarnessConfig) -> dict[str, int]:
     return ports
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
 def _serves_port(pid: int, port: int) -> bool:
     text = str(port)
-    return any(arg == text or arg.endswith("=" + text) for arg in _cmdline(pid))
+    return any(arg == text or arg.endswith("=" + text) for arg in proc_cmdline(pid))
 
 
 def _run_dirs(config: HarnessConfig, env: Mapping[str, str]) -> list[Path]:
@@ -291,8 +286,12 @@ class ServerFaults:
 
 
 @pytest.fixture
-def server_faults(harness_config: HarnessConfig) -> Iterator[ServerFaults]:
+def server_faults(
+    request: pytest.FixtureRequest, harness_config: HarnessConfig
+) -> Iterator[ServerFaults]:
     """Pause and resume the run's real servers: `with server_faults.paused("s3"): ...`."""
+    if hasattr(request.config, "workerinput"):
+        pytest.skip(UNDER_XDIST)
     faults = ServerFaults(harness_config, dict(os.environ))
     try:
         yield faults

@@ -37,7 +37,7 @@ def parse_start_time(stat: str) -> int:
     return int(fields[19])
 
 
-def _proc_cmdline(pid: int) -> list[str]:
+def proc_cmdline(pid: int) -> list[str]:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -189,7 +189,7 @@ def sweep_dead_runs(
 def _kill_if_still_ours(child: Child, run: Path) -> None:
     if proc_start_time(child.pid) != child.start:
         return
-    argv = _proc_cmdline(child.pid)
+    argv = proc_cmdline(child.pid)
     if argv and Path(argv[0]).name == child.program and any(str(run) in a for a in argv):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(child.pid, signal.SIGKILL)
