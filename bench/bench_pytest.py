@@ -91,7 +91,11 @@ def guard_exit_s(
 
 def pytest_baseline_s(runs: int) -> float:
     """`pytest --version`: interpreter and pytest start-up, plugins included."""
-    argv = pytest_argv("--version")
+    return median_wall(pytest_argv("--version"), runs)
+
+
+def median_wall(argv: list[str], runs: int) -> float:
+    """The median wall time of `runs` runs of `argv` (after one uncounted warm-up run)."""
     env = child_env()
     samples = []
     for i in range(runs + 1):
@@ -112,16 +116,7 @@ FIXTURE_SHARE = 0.05  # first_test() names the fixtures taking this share of the
 
 def stack_import_s(runs: int) -> float:
     """`python -c "import fastapi, sqlalchemy, boto3, httpx, alembic, asyncpg"`: the app's stack."""
-    argv = [sys.executable, "-c", STACK_IMPORT]
-    env = child_env()
-    samples = []
-    for i in range(runs + 1):
-        elapsed, code, output = timed(argv, env)
-        if code != 0:
-            raise BenchFailure(f"`{' '.join(argv)}` exited {code}:\n{output[-3000:]}")
-        if i:
-            samples.append(elapsed)
-    return statistics.median(samples)
+    return median_wall([sys.executable, "-c", STACK_IMPORT], runs)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import boto3
@@ -254,9 +254,10 @@ def test_the_child_gets_only_the_ready_file_and_the_file_exactly_the_variables(
     assert ready == sorted(CONTRACT | S3_CONTRACT)
 
 
-def test_after_ready_starts_the_command_once_ready_with_every_variable_in_its_environment(
+def _run_after_ready(
     project: Project, run_base: Path, cache_dir: Path
-) -> None:
+) -> tuple[int | None, str, list[Any]]:
+    """`run --after-ready` of CHILD_AFTER_READY: exit code, stderr, and what the child saw."""
     runner = _spawn_runner(
         project,
         cli_env(run_base, cache_dir),
@@ -265,10 +266,17 @@ def test_after_ready_starts_the_command_once_ready_with_every_variable_in_its_en
         CHILD_AFTER_READY,
         options=("--after-ready",),
     )
-    ready, keys, _, login = json.loads(_read_line_with(runner, "child-done").split(maxsplit=1)[1])
+    seen = json.loads(_read_line_with(runner, "child-done").split(maxsplit=1)[1])
     _, err = runner.communicate(timeout=DEADLINE_S)
+    return runner.returncode, err, seen
 
-    assert runner.returncode == 0, err
+
+def test_after_ready_starts_the_command_once_ready_with_every_variable_in_its_environment(
+    project: Project, run_base: Path, cache_dir: Path
+) -> None:
+    code, err, (ready, keys, _, login) = _run_after_ready(project, run_base, cache_dir)
+
+    assert code == 0, err
     assert ready is True
     assert keys == sorted(CONTRACT | S3_CONTRACT)
     assert login == 1
@@ -278,18 +286,9 @@ def test_after_ready_starts_the_command_once_ready_with_every_variable_in_its_en
 def test_a_postgres_only_project_starts_postgres_and_no_seaweedfs(
     pg_project: Project, run_base: Path, cache_dir: Path
 ) -> None:
-    runner = _spawn_runner(
-        pg_project,
-        cli_env(run_base, cache_dir),
-        sys.executable,
-        "-c",
-        CHILD_AFTER_READY,
-        options=("--after-ready",),
-    )
-    _, keys, weeds, login = json.loads(_read_line_with(runner, "child-done").split(maxsplit=1)[1])
-    _, err = runner.communicate(timeout=DEADLINE_S)
+    code, err, (_, keys, weeds, login) = _run_after_ready(pg_project, run_base, cache_dir)
 
-    assert runner.returncode == 0, err
+    assert code == 0, err
     assert keys == sorted(CONTRACT)
     assert (weeds, login) == (0, 1)
     assert re.search(r"^postgres 18\.\d+ ready at ", err, re.M)
