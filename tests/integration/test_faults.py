@@ -30,6 +30,7 @@ from tests.app_adapter import TOKENS, settings_for
 from tests.harness.config import HarnessConfig, RunTargets, embedded_settings, resolve_config
 from tests.harness.embedded.launcher import start_embedded_services
 from tests.harness.embedded.procs import free_port
+from tests.harness.fixtures import asgi_client
 from tests.harness.sandbox import sandbox
 from tests.helpers import alive, bearer, children_of, count_rows, object_keys, wait_until
 
@@ -59,9 +60,8 @@ async def client_of(
 
         app.dependency_overrides[get_session] = _test_session
     try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://test", headers=ALICE
-        ) as client:
+        # The harness's own client: its requests count, so s3_bucket is emptied after the test.
+        async with asgi_client(app, ALICE) as client:
             yield client
     finally:
         await app.state.engine.dispose()
