@@ -13,11 +13,9 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import pytest_asyncio
 from fastapi import FastAPI
 from pydantic import SecretStr
 
@@ -85,18 +83,16 @@ def settings(run_targets: RunTargets) -> Settings:
     return settings_for(run_targets)
 
 
-@pytest_asyncio.fixture
-async def authed_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+@pytest.fixture
+def authed_client(app: FastAPI) -> httpx.AsyncClient:
     """A client holding the Bearer token of owner "alice"."""
-    async with asgi_client(app, {"Authorization": f"Bearer {TOKENS['alice']}"}) as c:
-        yield c
+    return asgi_client(app, {"Authorization": f"Bearer {TOKENS['alice']}"})
 
 
-@pytest_asyncio.fixture
-async def other_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+@pytest.fixture
+def other_client(app: FastAPI) -> httpx.AsyncClient:
     """A client holding the Bearer token of owner "bob"."""
-    async with asgi_client(app, {"Authorization": f"Bearer {TOKENS['bob']}"}) as c:
-        yield c
+    return asgi_client(app, {"Authorization": f"Bearer {TOKENS['bob']}"})
 
 
 DEV_OWNER = "dev"

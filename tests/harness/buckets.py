@@ -75,7 +75,6 @@ class BucketJanitor:
         self.bucket = names.bucket
         self.keep = keep
         self.stamp = names.stamp()
-        self.touched = True  # set by the fixtures: empty only after tests that used S3
 
     def _create(self) -> None:
         self.client.create_bucket(Bucket=self.bucket)

@@ -175,26 +175,40 @@ async def db_session(
             yield session
 
 
+# The run's bucket while it exists (s3_fixtures.py sets it): what the after-test fixtures empty.
+RUN_BUCKET = pytest.StashKey[Any]()
+
+
+def empty_bucket_if_used(request: pytest.FixtureRequest, served_before: int) -> None:
+    """Empty the run's bucket after a test that could have written to it: it made the app
+    serve a request, or it used s3_client. Other tests pay nothing."""
+    bucket = request.config.stash.get(RUN_BUCKET, None)
+    if bucket is not None and (
+        requests_served() != served_before or "s3_client" in request.fixturenames
+    ):
+        bucket.empty()
+
+
 @pytest_asyncio.fixture
-async def _leftovers_guard(
+async def _after_db_test(
     request: pytest.FixtureRequest,
     _migrated: tuple[AsyncEngine, Baseline],
     _run_store: RunStore,
 ) -> AsyncIterator[None]:
-    """Torn down after every other fixture of a test that used the run's database."""
+    """After a test that used the run's database: the bucket emptied if the test used it, then
+    what the test left in the database found, undone and reported. The plugin puts this
+    fixture first in such a test's fixtures at collection, so it is torn down after all the
+    others; tests that use neither service don't get it (there is no autouse fixture)."""
+    served = requests_served()
     yield
-    engine, baseline = _migrated
-    test, committed = request.node.nodeid, real_commits(request)
-    problems = await undo_leftovers(test, engine, _run_store, baseline, committed=committed)
-    if problems:
-        raise LeftBehindError("\n".join(problems))
-
-
-@pytest.fixture(autouse=True)
-def _harness_checks(request: pytest.FixtureRequest) -> None:
-    """Costs nothing for a test that does not use the run's database."""
-    if "_run_store" in request.fixturenames:
-        request.getfixturevalue("_leftovers_guard")
+    try:
+        empty_bucket_if_used(request, served)
+    finally:
+        engine, baseline = _migrated
+        test, committed = request.node.nodeid, real_commits(request)
+        problems = await undo_leftovers(test, engine, _run_store, baseline, committed=committed)
+        if problems:
+            raise LeftBehindError("\n".join(problems))
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -228,8 +242,10 @@ def app(
     the same data as the test; concurrent requests take turns on it. Under real_commits the
     app uses its own engine and commits for real.
     """
-    if harness_config.s3 is not None:
-        request.getfixturevalue("s3_bucket")  # emptied after the test
+    if "_after_db_test" not in request.fixturenames:
+        # Only for an app asked for at run time (getfixturevalue): the plugin gives every
+        # collected test that uses the app its after-test checks.
+        request.getfixturevalue("_after_db_test")
     overrides: dict[Any, Any] = _session_app.dependency_overrides
     if not real_commits(request):
         # One AsyncSession serves one request at a time; gather() in a test must not interleave.
@@ -263,7 +279,12 @@ def _counting(app: Any) -> Any:
 
 
 def asgi_client(app: Any, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
-    """An httpx client that calls the app in-process (no socket); for adapters' own clients."""
+    """An httpx client that calls the app in-process (no socket); for adapters' own clients.
+
+    It holds nothing to release: its transport calls the app directly, and `aclose()` would
+    only mark it closed. So a plain (sync) fixture may return it, which spares every test an
+    event-loop round of pytest-asyncio's for setting it up and another for tearing it down.
+    """
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=_counting(app)),
         base_url="http://test",
@@ -271,8 +292,7 @@ def asgi_client(app: Any, headers: dict[str, str] | None = None) -> httpx.AsyncC
     )
 
 
-@pytest_asyncio.fixture
-async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+@pytest.fixture
+def client(app: Any) -> httpx.AsyncClient:
     """An anonymous client of the app under test."""
-    async with asgi_client(app) as c:
-        yield c
+    return asgi_client(app)

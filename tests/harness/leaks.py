@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Dialect
@@ -32,10 +33,11 @@ class LeftBehindError(Exception):
     """The test left something that the harness had to undo; str() names it and the fix."""
 
 
-async def terminate(conn: AsyncConnection, found: list[list[object]]) -> list[str]:
-    """Terminate the connections `found` (pid, state, query); describe each."""
+async def terminate(driver: Any, found: list[list[object]]) -> list[str]:
+    """Terminate the connections `found` (pid, state, query) through `driver` (an asyncpg
+    connection); describe each."""
     for pid, _, _ in found:
-        await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        await driver.execute("SELECT pg_terminate_backend($1)", pid)
     return [f"pid {pid}, {state}, last query: {query!r}" for pid, state, query in found]
 
 
@@ -121,11 +123,14 @@ async def undo_leftovers(
     )
     problems: list[str] = []
     async with engine.connect() as conn:
-        await conn.execution_options(isolation_level="AUTOCOMMIT")
-        row = (await conn.execute(text("SELECT " + ", ".join(f"({c})" for c in columns)))).one()
+        # The driver's own connection, outside any transaction: one round trip, a statement
+        # asyncpg prepares once, and none of SQLAlchemy's per-statement work (a check after
+        # every test that used the database is worth keeping cheap).
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        row = await driver.fetchrow("SELECT " + ", ".join(f"({c})" for c in columns))
         open_ones = json.loads(row[0]) if isinstance(row[0], str) else row[0]
         if open_ones:
-            problems.append(open_transactions_message(test, await terminate(conn, open_ones)))
+            problems.append(open_transactions_message(test, await terminate(driver, open_ones)))
         tables = baseline.tables
         if not committed:
             changed = {

@@ -183,12 +183,32 @@ def pytest_configure(config: pytest.Config) -> None:
     _register_fixtures(config, project)
 
 
+def _add_after_test_checks(item: pytest.Item) -> None:
+    """Give a test that uses the run's database or bucket its after-test checks, first in its
+    fixtures so they are set up before and torn down after all the others (fixtures.py,
+    _after_db_test; s3_fixtures.py, _after_s3_test). Tests that use neither pay nothing."""
+    names: list[str] | None = getattr(item, "fixturenames", None)
+    if names is None:
+        return
+    if "_run_store" in names:
+        after = "_after_db_test"
+    elif "_run_bucket" in names:
+        after = "_after_s3_test"
+    else:
+        return
+    if names[:1] != [after]:  # parametrized tests share one list
+        if after in names:
+            names.remove(after)
+        names.insert(0, after)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     project = config.stash.get(PROJECT, None)
     resolved = config.stash.get(CONFIG, None)
     if project is None or resolved is None:
         return
     for item in items:
+        _add_after_test_checks(item)
         if project.is_guarded(item.path):
             item.add_marker(pytest.mark.integration)
             if item.get_closest_marker("timeout") is None:

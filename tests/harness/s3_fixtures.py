@@ -12,7 +12,14 @@ import pytest_asyncio
 from .buckets import BucketJanitor, s3_client_for, sweep_dead_buckets
 from .config import HarnessConfig
 from .contract import S3Target
-from .fixtures import keep_on_failure, report_removed, requests_served, sweeps
+from .fixtures import (
+    RUN_BUCKET,
+    empty_bucket_if_used,
+    keep_on_failure,
+    report_removed,
+    requests_served,
+    sweeps,
+)
 from .stamps import RunNames
 
 if TYPE_CHECKING:
@@ -38,7 +45,11 @@ async def _run_bucket(
         report_removed(request, "bucket", removed)
     janitor = BucketJanitor(client, run_names)
     async with janitor:
-        yield janitor
+        request.config.stash[RUN_BUCKET] = janitor
+        try:
+            yield janitor
+        finally:
+            del request.config.stash[RUN_BUCKET]
         janitor.keep = keep_on_failure(request, harness_config)
 
 
@@ -48,11 +59,18 @@ def s3_client(_run_bucket: BucketJanitor) -> S3Client:
     return _run_bucket.client
 
 
+@pytest.fixture(scope="session")
+def s3_bucket(_run_bucket: BucketJanitor) -> str:
+    """The run's bucket. It is emptied after each test that could have written to it (it made
+    the app serve a request, or used s3_client), so no test sees another's objects."""
+    return _run_bucket.bucket
+
+
 @pytest.fixture
-def s3_bucket(request: pytest.FixtureRequest, _run_bucket: BucketJanitor) -> Iterator[str]:
-    """The run's bucket, emptied after each test that could have written to it (it served a
-    request, or used s3_client), so no test sees another's objects."""
+def _after_s3_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used the run's bucket but not its database (those get
+    _after_db_test): the bucket emptied if the test could have written to it. The plugin
+    puts it first in such a test's fixtures."""
     served = requests_served()
-    yield _run_bucket.bucket
-    if requests_served() != served or "s3_client" in request.fixturenames:
-        _run_bucket.empty()
+    yield
+    empty_bucket_if_used(request, served)
