@@ -4,7 +4,8 @@
 
 For each env of tox.ini built under a tox dir, `uv pip sync --dry-run` with the env's lock
 (its `deps = -r locks/<set>.txt`): the one change uv may propose is to remove docstore itself,
-which the env installs editable on top of its lock.
+which an env built before tox.ini said `package = skip` may still hold (editable, pointing at
+this checkout).
 """
 
 from __future__ import annotations

@@ -327,10 +327,10 @@ def print_context(details: dict[str, Any]) -> None:
     m = details["one_file_make"]
     print(
         f"One-file make (median of {m['runs']}): pytest's header after {m['header_s']:.2f} s "
-        "(make, tox, the editable package, the launcher, pytest's start-up), its summary after "
+        "(make, tox, the launcher, pytest's start-up), its summary after "
         f"{m['summary_s']:.2f} s (collection, the run's setup, the tests), the end after "
         f"{m['wall_s']:.2f} s (pytest's exit, the servers stopped, tox's exit); tox's own split: "
-        f"setup {m['tox_setup_s']:.2f} s (editable package rebuilt, reinstalled), command "
+        f"setup {m['tox_setup_s']:.2f} s (the env checked against its lock), command "
         f"{m['tox_cmd_s']:.2f} s."
     )
 

@@ -4,8 +4,8 @@ as a user would see it, median of BENCH_RUNS (default 5):
 - the whole suite, and how soon its first integration test starts (`python3 bench/bench_make.py`,
   or `make bench-services`);
 - one test file, `make test-integration BACKEND=embedded ARGS=tests/integration/test_tags.py`
-  (`one_file`, part of `make bench`), with tox's own split of it (setup: the editable package
-  rebuilt and reinstalled; cmd: the launcher and pytest).
+  (`one_file`, part of `make bench`), with tox's own split of it (setup: the env checked against
+  its lock; cmd: the launcher and pytest).
 
 Started from inside a tox env (`make bench`), the command gets this environment without that
 env's traces (VIRTUAL_ENV, TOX_*, its bin/ on PATH), so the tox it runs sees what a shell gives.
@@ -103,7 +103,7 @@ class OneFile:
     wall_s: float  # the whole make command
     header_s: float  # pytest's "test session starts": make, tox, package, launcher, pytest up
     summary_s: float  # pytest's "N passed in" line: collection, the run's setup, the tests done
-    tox_setup_s: float  # tox's own "setup" (the editable package rebuilt and reinstalled)
+    tox_setup_s: float  # tox's own "setup" (the env checked against its lock)
     tox_cmd_s: float  # tox's own "cmd" (the launcher, the servers, pytest, the servers stopped)
     runs: int
     samples_s: list[float]
