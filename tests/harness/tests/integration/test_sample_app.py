@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -132,6 +133,48 @@ async def test_the_bucket_is_empty_in_the_next_test(
 ) -> None:
     assert await asyncio.to_thread(object_keys, s3_client, s3_bucket) == []
     assert (await client.get("/notes/1/attachment")).status_code == 404
+
+
+async def test_a_test_of_s3_alone_leaves_its_objects_until_the_bucket_is_emptied_after_it(
+    s3_client: S3Client, s3_bucket: str, request: pytest.FixtureRequest
+) -> None:
+    await asyncio.to_thread(s3_client.put_object, Bucket=s3_bucket, Key="s3-only", Body=b"x")
+
+    assert request.fixturenames[0] == "_after_s3_test"  # no database work after it
+    assert await asyncio.to_thread(object_keys, s3_client, s3_bucket) == ["s3-only"]
+
+
+async def test_and_the_next_test_finds_the_bucket_empty(
+    s3_client: S3Client, s3_bucket: str
+) -> None:
+    assert await asyncio.to_thread(object_keys, s3_client, s3_bucket) == []
+
+
+def test_a_test_that_uses_neither_service_gets_no_after_test_work(
+    request: pytest.FixtureRequest, harness_config: config.HarnessConfig
+) -> None:
+    assert not {"_after_db_test", "_after_s3_test"} & set(request.fixturenames)
+
+
+@pytest.fixture
+async def transaction_until_teardown(run_database_url: str) -> AsyncIterator[None]:
+    """A fixture of a test's own that keeps a transaction open until its own teardown."""
+    engine = create_async_engine(run_database_url)
+    try:
+        async with engine.connect() as conn, conn.begin():
+            await conn.execute(select(1))
+            yield
+    finally:
+        await engine.dispose()
+
+
+async def test_a_fixture_closing_its_own_transaction_at_teardown_is_not_called_a_leak(
+    transaction_until_teardown: None, db_session: AsyncSession, request: pytest.FixtureRequest
+) -> None:
+    # The after-test check is first in the fixtures, so it is torn down last: after this
+    # test's own fixture has closed its transaction (else it would report a leak).
+    assert request.fixturenames[0] == "_after_db_test"
+    assert await count_notes(db_session) == 0
 
 
 async def test_the_models_match_the_migrations(
