@@ -5,18 +5,15 @@ shared memory."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from ..project import Credentials
-from .procs import RunAs
+from .procs import LIBC, RunAs
 
 IPC_RMID = 0
-_LIBC = ctypes.CDLL(None, use_errno=True)
 SUPERUSER = "postgres"
 # Bump when the template's contents change, so stale caches are not reused.
 TEMPLATE_FORMAT = "1"
@@ -42,6 +39,8 @@ INITDB_ARGS = (
 
 
 def template_key(version_line: str, creds: Credentials) -> str:
+    import hashlib  # not at import time: the launcher imports this before starting the command
+
     password_hash = hashlib.sha256(creds.pg_password.encode()).hexdigest()
     fields = (TEMPLATE_FORMAT, version_line, creds.pg_user, creds.pg_database, password_hash)
     return hashlib.sha256("\n".join(fields).encode()).hexdigest()[:16]
@@ -106,7 +105,7 @@ def release_shared_memory(datadir: Path) -> None:
         fields = row.split()
         # nattch (field 7) == 0: no process of that server is still attached.
         if fields[:2] == [str(key), str(shmid)] and fields[6] == "0":
-            _LIBC.shmctl(shmid, IPC_RMID, None)
+            LIBC.shmctl(shmid, IPC_RMID, None)
 
 
 # The harness's migrated template databases (tests/harness/templates.py) are named so.

@@ -1,9 +1,11 @@
 """The PostgreSQL server of a run: initdb and postgres driven directly, a cached cluster
-template for fast starts, and readiness as a real TCP login with the test credentials."""
+template for fast starts, and readiness as a real TCP login with the test credentials.
+
+asyncio, asyncpg and pg_binaries are imported where used: the launcher imports this module
+before it starts the wrapped command, whose start-up should not wait for them."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -13,15 +15,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TextIO
-
-import asyncpg
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from ..config import EmbeddedSettings
 from ..project import Credentials
-from .pg_binaries import PgBinaries, configured_bindir, ensure_cache_dir, locate_binaries
 from .pg_cluster import (
     INITDB_ARGS,
     SUPERUSER,
@@ -45,7 +44,17 @@ from .procs import (
 )
 from .rundir import RunDir
 
+if TYPE_CHECKING:
+    from .pg_binaries import PgBinaries
+
 HOST = "127.0.0.1"
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio
+
+    return asyncio.run(coro)
 
 
 def quote_ident(name: str) -> str:
@@ -63,6 +72,8 @@ def quote_literal(value: str) -> str:
 
 async def bootstrap_roles(socket_dir: Path, port: int, creds: Credentials) -> None:
     """As superuser over the Unix socket: the test user and its database. Idempotent."""
+    import asyncpg
+
     conn = await asyncpg.connect(
         host=str(socket_dir), port=port, user=SUPERUSER, database="postgres", timeout=2
     )
@@ -80,6 +91,8 @@ async def bootstrap_roles(socket_dir: Path, port: int, creds: Credentials) -> No
 
 
 async def _login_over_tcp(port: int, creds: Credentials) -> None:
+    import asyncpg
+
     conn = await asyncpg.connect(
         host=HOST,
         port=port,
@@ -134,6 +147,8 @@ class PostgresServer:
         return f"{HOST}:{self.port}"
 
     def prepare(self) -> None:
+        from .pg_binaries import locate_binaries
+
         self.started = time.monotonic()
         self.binaries = locate_binaries(self.settings, self.run.run_as, self.report)
         if self.use_template:
@@ -164,9 +179,9 @@ class PostgresServer:
 
     def _probe(self) -> None:
         if self._needs_bootstrap:
-            asyncio.run(bootstrap_roles(self.run.path, self.port, self.creds))
+            _run(bootstrap_roles(self.run.path, self.port, self.creds))
             self._needs_bootstrap = False
-        asyncio.run(_login_over_tcp(self.port, self.creds))
+        _run(_login_over_tcp(self.port, self.creds))
 
     def respawn(self) -> None:
         self.stop()
@@ -189,12 +204,14 @@ class PostgresServer:
         dropped first, so the cache holds only templates."""
         if self.cluster is None or self.proc is None or self.proc.poll() is not None:
             return set(), set()
+        import asyncpg
+
         socket_dir = self.run.path
         try:
-            present = asyncio.run(migrated_templates(socket_dir, self.port))
+            present = _run(migrated_templates(socket_dir, self.port))
             if present - self.cached:
                 keep = present | {self.creds.pg_database}
-                asyncio.run(drop_other_databases(socket_dir, self.port, keep))
+                _run(drop_other_databases(socket_dir, self.port, keep))
         except (OSError, asyncpg.PostgresError, TimeoutError):
             return set(), set()
         return present - self.cached, present
@@ -216,6 +233,8 @@ class PostgresServer:
     def _ensure_template(self, binaries: PgBinaries) -> Path:
         """An initdb'd cluster with the test user and database, built once per
         version and credentials, then copied: ~65 ms instead of ~300 ms for initdb."""
+        from .pg_binaries import ensure_cache_dir
+
         cache = ensure_cache_dir(self.settings.cache_dir)
         final = cache / f"pg-template-{template_key(binaries.version_line, self.creds)}"
         if (final / "data").is_dir():
@@ -252,7 +271,7 @@ class PostgresServer:
             )
             wait_until_ready(
                 ready,
-                lambda: asyncio.run(bootstrap_roles(self.run.path, port, self.creds)),
+                lambda: _run(bootstrap_roles(self.run.path, port, self.creds)),
                 threading.Event(),
             )
         finally:
@@ -266,4 +285,6 @@ class PostgresServer:
 
 
 def psql_path(settings: EmbeddedSettings, binaries: PgBinaries | None) -> Path:
+    from .pg_binaries import configured_bindir
+
     return (binaries.bindir if binaries else configured_bindir(settings)[0]) / "psql"

