@@ -1,6 +1,6 @@
 """A PostgreSQL cluster's data directory: the server settings, initdb's arguments, the
-template cache key, a fast copy owned by the server user, and freeing a killed server's
-shared memory."""
+template cache key, a fast copy owned by the server user, freeing a killed server's
+shared memory, and the superuser's SQL over the server's private Unix socket."""
 
 from __future__ import annotations
 
@@ -118,6 +118,39 @@ def cached_templates(cluster: Path) -> set[str]:
         return set((cluster / TEMPLATES_FILE).read_text().split())
     except OSError:
         return set()
+
+
+def quote_ident(name: str) -> str:
+    if not name or "\0" in name:
+        raise ValueError(f"invalid SQL identifier {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """A string literal; valid because standard_conforming_strings is on (the default)."""
+    if "\0" in value:
+        raise ValueError("a SQL literal cannot contain NUL")
+    return "'" + value.replace("'", "''") + "'"
+
+
+async def bootstrap_roles(socket_dir: Path, port: int, creds: Credentials) -> None:
+    """As superuser over the Unix socket: the test user and its database. Idempotent."""
+    import asyncpg
+
+    conn = await asyncpg.connect(
+        host=str(socket_dir), port=port, user=SUPERUSER, database="postgres", timeout=2
+    )
+    try:
+        user, password = quote_ident(creds.pg_user), quote_literal(creds.pg_password)
+        if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", creds.pg_user):
+            await conn.execute(f"ALTER ROLE {user} LOGIN PASSWORD {password}")
+        else:
+            await conn.execute(f"CREATE ROLE {user} LOGIN CREATEDB PASSWORD {password}")
+        database = creds.pg_database
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+            await conn.execute(f"CREATE DATABASE {quote_ident(database)} OWNER {user}")
+    finally:
+        await conn.close()
 
 
 async def migrated_templates(socket_dir: Path, port: int) -> set[str]:
