@@ -108,6 +108,15 @@ def release_shared_memory(datadir: Path) -> None:
             LIBC.shmctl(shmid, IPC_RMID, None)
 
 
+def database_dirs(datadir: Path) -> set[str] | None:
+    """The databases' directories (base/<oid>), None if unreadable: CREATE DATABASE always
+    makes a new one, named for an OID never handed out before, and DROP removes it."""
+    try:
+        return set(os.listdir(datadir / "base"))
+    except OSError:
+        return None
+
+
 # The harness's migrated template databases (tests/harness/templates.py) are named so.
 MIGRATED_TEMPLATES = "tmpl\\_%"
 TEMPLATES_FILE = "templates.txt"  # beside the cached cluster's data dir: what it holds

@@ -26,6 +26,7 @@ from .pg_cluster import (
     bootstrap_roles,
     cached_templates,
     copy_cluster,
+    database_dirs,
     drop_other_databases,
     migrated_templates,
     release_shared_memory,
@@ -107,6 +108,7 @@ class PostgresServer:
         self.datadir = run.path / "pg"
         self.cluster: Path | None = None  # the cached cluster this one was copied from
         self.cached: set[str] = set()  # the migrated templates that copy already held
+        self._copied_databases: set[str] | None = None  # database_dirs() of that copy
         self.log = run.path / "postgres.log"
 
     @property
@@ -122,6 +124,7 @@ class PostgresServer:
             template = self._ensure_template(self.binaries)
             copy_cluster(template / "data", self.datadir, self.run.run_as)
             self.cluster, self.cached = template, cached_templates(template)
+            self._copied_databases = database_dirs(self.datadir)
             self.origin = "template"
         else:
             self._initdb(self.binaries, self.datadir)
@@ -151,25 +154,42 @@ class PostgresServer:
         _run(_login_over_tcp(self.port, self.creds))
 
     def respawn(self) -> None:
-        self.stop()
+        self._stop(keep_data=True)  # the next server starts on this data dir
         self.spawn()
 
     def stop(self) -> None:
-        if self.proc is not None:
-            new, held = self._new_migrated_templates()
-            # Fast shutdown takes ~15 ms and lets the backends exit cleanly (a checkpoint).
+        """Stop the server for good: its data dir is thrown away next (or saved first)."""
+        self._stop(keep_data=False)
+
+    def _stop(self, *, keep_data: bool) -> None:
+        if self.proc is None:
+            return
+        new, held = self._new_migrated_templates()
+        save = bool(new) and self.cluster is not None
+        if keep_data or save:
+            # Fast shutdown (~10 ms): the backends exit cleanly and a checkpoint leaves a
+            # data dir that a copy or the next server starts from without recovery.
             stop_process(self.proc, signal.SIGINT)
-            release_shared_memory(self.datadir)
-            if new and self.cluster is not None and self.proc.returncode in (0, -signal.SIGINT):
-                # A later cold start clones them instead of replaying the migrations.
-                with contextlib.suppress(OSError):
-                    save_cluster(self.datadir, self.cluster, self.run.run_as, held)
+        else:
+            # Nobody reads this data dir again: immediate shutdown, no checkpoint. The
+            # postmaster still ends every backend before it exits, so the wait covers them.
+            stop_process(self.proc, signal.SIGQUIT)
+        release_shared_memory(self.datadir)
+        if save and self.cluster is not None and self.proc.returncode in (0, -signal.SIGINT):
+            # A later cold start clones them instead of replaying the migrations.
+            with contextlib.suppress(OSError):
+                save_cluster(self.datadir, self.cluster, self.run.run_as, held)
 
     def _new_migrated_templates(self) -> tuple[set[str], set[str]]:
         """Templates this run built that the cached cluster lacks, and all the server holds
         (not one a sweep dropped): ({}, {}) on any doubt. The run's other databases are
         dropped first, so the cache holds only templates."""
         if self.cluster is None or self.proc is None or self.proc.poll() is not None:
+            return set(), set()
+        copied, now = self._copied_databases, database_dirs(self.datadir)
+        if copied is not None and now is not None and now <= copied:
+            # No database was created since the copy (each gets a new base/<oid> dir), so
+            # none is a new template: skip the query (~9 ms with its connection).
             return set(), set()
         import asyncpg
 
