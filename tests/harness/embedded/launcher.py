@@ -123,9 +123,11 @@ class RunningServices:
         atexit.unregister(self.stop)
         in_main = threading.current_thread() is threading.main_thread()
         with signals_blocked() if in_main else contextlib.nullcontext():
-            for server in (self.s3, self.postgres):
-                if server is not None:
-                    server.stop()
+            if self.s3 is not None:
+                self.s3.kill()  # it dies while PostgreSQL shuts down; s3.stop() reaps it
+            self.postgres.stop()
+            if self.s3 is not None:
+                self.s3.stop()
             self.run.remove()
 
     def describe(self) -> str:

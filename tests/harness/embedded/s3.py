@@ -6,6 +6,7 @@ imports this module before it starts the wrapped command."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import os
@@ -248,6 +249,13 @@ class SeaweedServer:
     def respawn(self) -> None:
         self.stop()
         self.spawn()
+
+    def kill(self) -> None:
+        """SIGKILL without waiting for it: it dies while the caller does other work, and
+        stop() then reaps it. Popen.send_signal skips a process already reaped."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGKILL)
 
     def stop(self) -> None:
         if self.proc is not None:
