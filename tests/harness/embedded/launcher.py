@@ -11,10 +11,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 from urllib.parse import quote
 
 from ..config import EmbeddedSettings, service_variables
@@ -23,6 +22,9 @@ from .postgres import PostgresServer, psql_path
 from .procs import PortTakenError, ServiceStartError, free_port, server_user, signals_blocked
 from .rundir import RunDir
 from .s3 import SeaweedServer
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 MAX_ATTEMPTS = 3  # per server, when its port is taken between choosing and binding it
 READY_FILE = "services-ready.json"  # in the run dir
@@ -47,6 +49,9 @@ def launch(servers: Sequence[Server], timeout_s: float, report: TextIO | None) -
 
     The caller stops the servers if this raises.
     """
+    # Here, not at import time: the wrapped command starts before the servers.
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     deadline = time.monotonic() + timeout_s
     cancel = threading.Event()
     attempts = dict.fromkeys((s.name for s in servers), 1)
@@ -118,9 +123,11 @@ class RunningServices:
         atexit.unregister(self.stop)
         in_main = threading.current_thread() is threading.main_thread()
         with signals_blocked() if in_main else contextlib.nullcontext():
-            for server in (self.s3, self.postgres):
-                if server is not None:
-                    server.stop()
+            if self.s3 is not None:
+                self.s3.kill()  # it dies while PostgreSQL shuts down; s3.stop() reaps it
+            self.postgres.stop()
+            if self.s3 is not None:
+                self.s3.stop()
             self.run.remove()
 
     def describe(self) -> str:

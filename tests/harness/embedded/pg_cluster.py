@@ -1,36 +1,37 @@
 """A PostgreSQL cluster's data directory: the server settings, initdb's arguments, the
-template cache key, a fast copy owned by the server user, and freeing a killed server's
-shared memory."""
+template cache key, a fast copy owned by the server user, freeing a killed server's
+shared memory, and the superuser's SQL over the server's private Unix socket."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from ..project import Credentials
-from .procs import RunAs
+from .procs import LIBC, RunAs
 
 IPC_RMID = 0
-_LIBC = ctypes.CDLL(None, use_errno=True)
 SUPERUSER = "postgres"
 # Bump when the template's contents change, so stale caches are not reused.
-TEMPLATE_FORMAT = "1"
+TEMPLATE_FORMAT = "2"
 SETTINGS = {
     # Test data is disposable: never wait for the disk.
     "fsync": "off",
     "synchronous_commit": "off",
     "full_page_writes": "off",
+    # 1 MB WAL segments (initdb --wal-segsize=1), and few kept for reuse: a stopped cluster
+    # then holds ~2 MB of WAL, not 64, so each run's copy and removal of it are cheaper.
+    "min_wal_size": "2MB",
     # DSM segments as files in the data dir, not /dev/shm/PostgreSQL.*: a postmaster killed
     # by SIGKILL cannot remove them, and removing the run dir then frees them.
     "dynamic_shared_memory_type": "mmap",
 }
 INITDB_ARGS = (
     "--no-sync",
+    "--wal-segsize=1",
     "-E",
     "UTF8",
     "--locale=C",
@@ -42,6 +43,8 @@ INITDB_ARGS = (
 
 
 def template_key(version_line: str, creds: Credentials) -> str:
+    import hashlib  # not at import time: the launcher imports this before starting the command
+
     password_hash = hashlib.sha256(creds.pg_password.encode()).hexdigest()
     fields = (TEMPLATE_FORMAT, version_line, creds.pg_user, creds.pg_database, password_hash)
     return hashlib.sha256("\n".join(fields).encode()).hexdigest()[:16]
@@ -106,7 +109,16 @@ def release_shared_memory(datadir: Path) -> None:
         fields = row.split()
         # nattch (field 7) == 0: no process of that server is still attached.
         if fields[:2] == [str(key), str(shmid)] and fields[6] == "0":
-            _LIBC.shmctl(shmid, IPC_RMID, None)
+            LIBC.shmctl(shmid, IPC_RMID, None)
+
+
+def database_dirs(datadir: Path) -> set[str] | None:
+    """The databases' directories (base/<oid>), None if unreadable: CREATE DATABASE always
+    makes a new one, named for an OID never handed out before, and DROP removes it."""
+    try:
+        return set(os.listdir(datadir / "base"))
+    except OSError:
+        return None
 
 
 # The harness's migrated template databases (tests/harness/templates.py) are named so.
@@ -119,6 +131,39 @@ def cached_templates(cluster: Path) -> set[str]:
         return set((cluster / TEMPLATES_FILE).read_text().split())
     except OSError:
         return set()
+
+
+def quote_ident(name: str) -> str:
+    if not name or "\0" in name:
+        raise ValueError(f"invalid SQL identifier {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """A string literal; valid because standard_conforming_strings is on (the default)."""
+    if "\0" in value:
+        raise ValueError("a SQL literal cannot contain NUL")
+    return "'" + value.replace("'", "''") + "'"
+
+
+async def bootstrap_roles(socket_dir: Path, port: int, creds: Credentials) -> None:
+    """As superuser over the Unix socket: the test user and its database. Idempotent."""
+    import asyncpg
+
+    conn = await asyncpg.connect(
+        host=str(socket_dir), port=port, user=SUPERUSER, database="postgres", timeout=2
+    )
+    try:
+        user, password = quote_ident(creds.pg_user), quote_literal(creds.pg_password)
+        if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", creds.pg_user):
+            await conn.execute(f"ALTER ROLE {user} LOGIN PASSWORD {password}")
+        else:
+            await conn.execute(f"CREATE ROLE {user} LOGIN CREATEDB PASSWORD {password}")
+        database = creds.pg_database
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+            await conn.execute(f"CREATE DATABASE {quote_ident(database)} OWNER {user}")
+    finally:
+        await conn.close()
 
 
 async def migrated_templates(socket_dir: Path, port: int) -> set[str]:

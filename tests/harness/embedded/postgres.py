@@ -1,9 +1,11 @@
 """The PostgreSQL server of a run: initdb and postgres driven directly, a cached cluster
-template for fast starts, and readiness as a real TCP login with the test credentials."""
+template for fast starts, and readiness as a real TCP login with the test credentials.
+
+asyncio, asyncpg and pg_binaries are imported where used: the launcher imports this module
+before it starts the wrapped command, whose start-up should not wait for them."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -13,20 +15,18 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TextIO
-
-import asyncpg
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from ..config import EmbeddedSettings
 from ..project import Credentials
-from .pg_binaries import PgBinaries, configured_bindir, ensure_cache_dir, locate_binaries
 from .pg_cluster import (
     INITDB_ARGS,
-    SUPERUSER,
+    bootstrap_roles,
     cached_templates,
     copy_cluster,
+    database_dirs,
     drop_other_databases,
     migrated_templates,
     release_shared_memory,
@@ -45,41 +45,22 @@ from .procs import (
 )
 from .rundir import RunDir
 
+if TYPE_CHECKING:
+    from .pg_binaries import PgBinaries
+
 HOST = "127.0.0.1"
+T = TypeVar("T")
 
 
-def quote_ident(name: str) -> str:
-    if not name or "\0" in name:
-        raise ValueError(f"invalid SQL identifier {name!r}")
-    return '"' + name.replace('"', '""') + '"'
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio
 
-
-def quote_literal(value: str) -> str:
-    """A string literal; valid because standard_conforming_strings is on (the default)."""
-    if "\0" in value:
-        raise ValueError("a SQL literal cannot contain NUL")
-    return "'" + value.replace("'", "''") + "'"
-
-
-async def bootstrap_roles(socket_dir: Path, port: int, creds: Credentials) -> None:
-    """As superuser over the Unix socket: the test user and its database. Idempotent."""
-    conn = await asyncpg.connect(
-        host=str(socket_dir), port=port, user=SUPERUSER, database="postgres", timeout=2
-    )
-    try:
-        user, password = quote_ident(creds.pg_user), quote_literal(creds.pg_password)
-        if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", creds.pg_user):
-            await conn.execute(f"ALTER ROLE {user} LOGIN PASSWORD {password}")
-        else:
-            await conn.execute(f"CREATE ROLE {user} LOGIN CREATEDB PASSWORD {password}")
-        database = creds.pg_database
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
-            await conn.execute(f"CREATE DATABASE {quote_ident(database)} OWNER {user}")
-    finally:
-        await conn.close()
+    return asyncio.run(coro)
 
 
 async def _login_over_tcp(port: int, creds: Credentials) -> None:
+    import asyncpg
+
     conn = await asyncpg.connect(
         host=HOST,
         port=port,
@@ -127,6 +108,7 @@ class PostgresServer:
         self.datadir = run.path / "pg"
         self.cluster: Path | None = None  # the cached cluster this one was copied from
         self.cached: set[str] = set()  # the migrated templates that copy already held
+        self._copied_databases: set[str] | None = None  # database_dirs() of that copy
         self.log = run.path / "postgres.log"
 
     @property
@@ -134,12 +116,15 @@ class PostgresServer:
         return f"{HOST}:{self.port}"
 
     def prepare(self) -> None:
+        from .pg_binaries import locate_binaries
+
         self.started = time.monotonic()
         self.binaries = locate_binaries(self.settings, self.run.run_as, self.report)
         if self.use_template:
             template = self._ensure_template(self.binaries)
             copy_cluster(template / "data", self.datadir, self.run.run_as)
             self.cluster, self.cached = template, cached_templates(template)
+            self._copied_databases = database_dirs(self.datadir)
             self.origin = "template"
         else:
             self._initdb(self.binaries, self.datadir)
@@ -164,24 +149,36 @@ class PostgresServer:
 
     def _probe(self) -> None:
         if self._needs_bootstrap:
-            asyncio.run(bootstrap_roles(self.run.path, self.port, self.creds))
+            _run(bootstrap_roles(self.run.path, self.port, self.creds))
             self._needs_bootstrap = False
-        asyncio.run(_login_over_tcp(self.port, self.creds))
+        _run(_login_over_tcp(self.port, self.creds))
 
     def respawn(self) -> None:
-        self.stop()
+        self._stop(keep_data=True)  # the next server starts on this data dir
         self.spawn()
 
     def stop(self) -> None:
-        if self.proc is not None:
-            new, held = self._new_migrated_templates()
-            # Fast shutdown takes ~15 ms and lets the backends exit cleanly (a checkpoint).
+        """Stop the server for good: its data dir is thrown away next (or saved first)."""
+        self._stop(keep_data=False)
+
+    def _stop(self, *, keep_data: bool) -> None:
+        if self.proc is None:
+            return
+        new, held = self._new_migrated_templates()
+        save = bool(new) and self.cluster is not None
+        if keep_data or save:
+            # Fast shutdown (~10 ms): the backends exit cleanly and a checkpoint leaves a
+            # data dir that a copy or the next server starts from without recovery.
             stop_process(self.proc, signal.SIGINT)
-            release_shared_memory(self.datadir)
-            if new and self.cluster is not None and self.proc.returncode in (0, -signal.SIGINT):
-                # A later cold start clones them instead of replaying the migrations.
-                with contextlib.suppress(OSError):
-                    save_cluster(self.datadir, self.cluster, self.run.run_as, held)
+        else:
+            # Nobody reads this data dir again: immediate shutdown, no checkpoint. The
+            # postmaster still ends every backend before it exits, so the wait covers them.
+            stop_process(self.proc, signal.SIGQUIT)
+        release_shared_memory(self.datadir)
+        if save and self.cluster is not None and self.proc.returncode in (0, -signal.SIGINT):
+            # A later cold start clones them instead of replaying the migrations.
+            with contextlib.suppress(OSError):
+                save_cluster(self.datadir, self.cluster, self.run.run_as, held)
 
     def _new_migrated_templates(self) -> tuple[set[str], set[str]]:
         """Templates this run built that the cached cluster lacks, and all the server holds
@@ -189,12 +186,19 @@ class PostgresServer:
         dropped first, so the cache holds only templates."""
         if self.cluster is None or self.proc is None or self.proc.poll() is not None:
             return set(), set()
+        copied, now = self._copied_databases, database_dirs(self.datadir)
+        if copied is not None and now is not None and now <= copied:
+            # No database was created since the copy (each gets a new base/<oid> dir), so
+            # none is a new template: skip the query (~9 ms with its connection).
+            return set(), set()
+        import asyncpg
+
         socket_dir = self.run.path
         try:
-            present = asyncio.run(migrated_templates(socket_dir, self.port))
+            present = _run(migrated_templates(socket_dir, self.port))
             if present - self.cached:
                 keep = present | {self.creds.pg_database}
-                asyncio.run(drop_other_databases(socket_dir, self.port, keep))
+                _run(drop_other_databases(socket_dir, self.port, keep))
         except (OSError, asyncpg.PostgresError, TimeoutError):
             return set(), set()
         return present - self.cached, present
@@ -216,6 +220,8 @@ class PostgresServer:
     def _ensure_template(self, binaries: PgBinaries) -> Path:
         """An initdb'd cluster with the test user and database, built once per
         version and credentials, then copied: ~65 ms instead of ~300 ms for initdb."""
+        from .pg_binaries import ensure_cache_dir
+
         cache = ensure_cache_dir(self.settings.cache_dir)
         final = cache / f"pg-template-{template_key(binaries.version_line, self.creds)}"
         if (final / "data").is_dir():
@@ -252,7 +258,7 @@ class PostgresServer:
             )
             wait_until_ready(
                 ready,
-                lambda: asyncio.run(bootstrap_roles(self.run.path, port, self.creds)),
+                lambda: _run(bootstrap_roles(self.run.path, port, self.creds)),
                 threading.Event(),
             )
         finally:
@@ -266,4 +272,6 @@ class PostgresServer:
 
 
 def psql_path(settings: EmbeddedSettings, binaries: PgBinaries | None) -> Path:
+    from .pg_binaries import configured_bindir
+
     return (binaries.bindir if binaries else configured_bindir(settings)[0]) / "psql"

@@ -10,7 +10,6 @@ import os
 import pwd
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -24,7 +23,7 @@ from ..contract import TEST_SERVICES_TIMEOUT
 LOG_TAIL_LINES = 20
 _PR_SET_PDEATHSIG = 1
 # Loaded before any fork: the child must not dlopen between fork and exec.
-_LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC = ctypes.CDLL(None, use_errno=True)
 _PORT_CONFLICT = re.compile(
     r"could not bind|address already in use|Port allocation failed", re.IGNORECASE
 )
@@ -79,6 +78,8 @@ def server_user() -> RunAs | None:
 
 def free_port() -> int:
     """A port that is free now; the server may still lose it (see PortTakenError)."""
+    import socket  # not at import time: the launcher imports this before starting the command
+
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -125,7 +126,7 @@ def die_with_parent(parent_pid: int, sig: signal.Signals = signal.SIGKILL) -> Ca
     def preexec() -> None:
         # subprocess switches user before calling this, so the setting survives the
         # switch (a credential change would clear it).
-        _LIBC.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        LIBC.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
         if os.getppid() != parent_pid:  # the parent died before prctl took effect
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -193,14 +194,26 @@ def signal_tree(leader: int, sig: signal.Signals) -> None:
             os.killpg(leader, sig)
 
 
+def is_stopped(pid: int) -> bool:
+    """Stopped by a signal (state T or t); True on doubt, when /proc cannot say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] in "Tt"
+    except (OSError, ValueError, IndexError):
+        return True
+
+
 def stop_process(proc: subprocess.Popen[bytes], sig: signal.Signals, grace_s: float = 5.0) -> None:
     if proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
+        # A server paused by a fault test (tests/harness/faults.py) must run to handle `sig`,
+        # and so must its children (PostgreSQL's backends, in groups of their own). A pause
+        # stops the leader first and a resume continues it last, so a running leader means
+        # nothing of its tree is stopped: skip the walk over /proc (~2 ms, more on busy hosts).
+        paused = is_stopped(proc.pid)
         proc.send_signal(sig)
-        if os.getpgid(proc.pid) == proc.pid:
-            # A server paused by a fault test (tests/harness/faults.py) must run to handle
-            # `sig`, and so must its children (PostgreSQL's backends, in groups of their own).
+        if paused and os.getpgid(proc.pid) == proc.pid:
             signal_tree(proc.pid, signal.SIGCONT)
     try:
         proc.wait(grace_s)

