@@ -245,6 +245,8 @@ class SeaweedServer:
         self.elapsed = time.monotonic() - self.started
 
     def _probe_write(self) -> None:
+        import http.client
+
         # First the one-collection rule (SHARED_COLLECTION), through the filer's HTTP API.
         conn = http.client.HTTPConnection(HOST, self.ports["filer"], timeout=2)
         try:
