@@ -7,7 +7,9 @@ Only cheap imports at module level: the guard must decide before anything heavy 
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import gc
 import os
 import sys
 from collections.abc import Generator
@@ -159,6 +161,14 @@ def _register_fixtures(config: pytest.Config, project: Project) -> None:
     config.pluginmanager.register(adapter.module, "harness-app-adapter")
 
 
+def _skip_the_final_collection() -> None:
+    """At exit, after pytest's own last collection (which reports unraisable exceptions): the
+    app stack leaves ~200k objects, and the interpreter's shutdown would walk them all once
+    more (0.35 s of every run, measured here). gc.freeze() takes them out of that walk;
+    Python never promised __del__ at exit, and what pytest wrote is flushed and closed."""
+    gc.freeze()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
@@ -178,6 +188,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if config.pluginmanager.hasplugin("xdist"):
             config.pluginmanager.register(_XdistController(resolved), "harness-xdist")
     config.stash[CONFIG] = resolved
+    atexit.register(_skip_the_final_collection)
     # An app that reads its URL at import must find the guarded test database there, never yours.
     os.environ[project.app_database_url_variable] = resolved.database_url
     _register_fixtures(config, project)
@@ -215,6 +226,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 # pytest-timeout's signal method fails the test where it hangs and lets the
                 # teardown (and the rest of the run) go on; its thread method would end the run.
                 item.add_marker(pytest.mark.timeout(resolved.test_timeout_s, method="signal"))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Every module the run needs is imported by now: ~200k objects (the app stack, the
+    tests) that live until the end. gc.freeze() moves them out of the collector's way, so
+    Python's full collections during the run, and pytest's last one at the end, walk only
+    what the tests create (0.1 s per full collection here). Garbage the tests make is still
+    collected, and still reported by pytest's unraisable-exception check."""
+    if CONFIG in session.config.stash:
+        gc.freeze()
 
 
 def _where_async_tests_hang(excinfo: pytest.ExceptionInfo[BaseException]) -> str:

@@ -23,6 +23,7 @@ from typing import TextIO
 
 from ..config import EmbeddedSettings
 from ..contract import resolve_database
+from ..project import Project
 from .launcher import RunningServices, create_embedded_services
 from .procs import (
     HarnessSetupError,
@@ -114,11 +115,39 @@ class _Child:
         stop_process(self.proc, signal.SIGTERM, CHILD_GRACE_S)
 
 
-def _app_url(running: RunningServices) -> dict[str, str]:
+def _app_url(project: Project, env: Mapping[str, str]) -> dict[str, str]:
     """The app's own URL variable too, so `run --after-ready -- alembic ...` works as is."""
-    project = running.settings.project
-    url = resolve_database(project, running.env).url
+    url = resolve_database(project, env).url
     return {project.app_database_url_variable: url} if url else {}
+
+
+def _warm_services(settings: EmbeddedSettings, report: TextIO) -> dict[str, str] | None:
+    """The variables of this project's warm services (`up`, make services-up) if they run."""
+    from .warm import StaleServicesError, load_warm_services
+
+    try:
+        return load_warm_services(settings.project)
+    except StaleServicesError as exc:
+        print(f"embedded services: {exc}\n  This run starts services of its own.", file=report)
+        return None
+
+
+def _run_on_warm(child: _Child, project: Project, warm: Mapping[str, str], report: TextIO) -> int:
+    """The command against warm services: nothing to start, nothing to stop afterwards."""
+    from .warm import COMMAND
+
+    print(
+        f"embedded services: using the warm services of `{COMMAND} up` (PostgreSQL on port "
+        f"{warm.get('POSTGRES_PORT', '?')}); `{COMMAND} down` stops them, and later runs then "
+        "start their own",
+        file=report,
+        flush=True,
+    )
+    child.handed_over = True  # a signal now goes to the command alone
+    child.start({**warm, **_app_url(project, warm)})
+    assert child.proc is not None
+    code = exit_status(child.proc.wait())
+    return 128 + child.received[0] if child.received else code
 
 
 def _launch_and_run(
@@ -129,7 +158,8 @@ def _launch_and_run(
     keep_on_failure: bool,
     report: TextIO,
 ) -> int:
-    ready_variable = {running.settings.project.ready_file_variable: str(running.ready_file)}
+    project = running.settings.project
+    ready_variable = {project.ready_file_variable: str(running.ready_file)}
     if not after_ready:
         child.armed = armed_marker(running.ready_file)
         child.start(ready_variable)  # its start-up overlaps the servers'
@@ -138,7 +168,7 @@ def _launch_and_run(
         child.handed_over = True
     mark_ready(running.ready_file, running.env)
     if after_ready:
-        child.start({**running.env, **ready_variable, **_app_url(running)})
+        child.start({**running.env, **ready_variable, **_app_url(project, running.env)})
         child.handed_over = True
     assert child.proc is not None
     code = exit_status(child.proc.wait())
@@ -170,7 +200,8 @@ def run_command(
     port_chooser: Callable[[], int] = free_port,
     report: TextIO = sys.stderr,
 ) -> int:
-    """Run `cmd` against fresh services of `settings.project`, then stop them.
+    """Run `cmd` against fresh services of `settings.project`, then stop them; or, while the
+    project's warm services run (`up`), against those, which stay up.
 
     `keep_on_failure` None means settings.keep_on_failure. Call from the main thread: it
     installs SIGINT/SIGTERM handlers for the duration.
@@ -179,6 +210,13 @@ def run_command(
     child = _Child(cmd)
     previous = {sig: signal.signal(sig, child.on_signal) for sig in _SIGNALS}
     try:
+        warm = _warm_services(settings, report)
+        if warm is not None:
+            try:
+                return _run_on_warm(child, settings.project, warm, report)
+            finally:
+                with signals_blocked():
+                    child.stop()
         running = create_embedded_services(
             settings, use_template=use_template, port_chooser=port_chooser, report=report
         )

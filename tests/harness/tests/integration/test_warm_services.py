@@ -93,6 +93,60 @@ def test_services_up_outlives_its_command_and_services_down_stops_them(
             _cli(project, env, "down")
 
 
+PRINT_PORT = "import os; print('port', os.environ['POSTGRES_PORT'])"
+
+
+def test_run_uses_the_warm_services_and_leaves_them_running(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    project = write_project(tmp_path / "sample", ("postgres",))
+    env = cli_env(run_base, cache_dir)
+    try:
+        assert _cli(project, env, "up").returncode == 0
+        warm = load_warm_services(project)
+        assert warm is not None
+        runs_before = runs_in(run_base)
+
+        ran = _cli(project, env, "run", "--after-ready", "--", sys.executable, "-c", PRINT_PORT)
+
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert ran.stdout.split() == ["port", warm["POSTGRES_PORT"]]
+        assert "using the warm services" in ran.stderr and " down` stops them" in ran.stderr
+        assert "ready at" not in ran.stderr  # no server of its own was started
+        assert runs_in(run_base) == runs_before
+        assert _answers(warm["POSTGRES_PORT"])  # still up for the next run
+    finally:
+        _cli(project, env, "down")
+
+
+def test_run_with_a_stale_services_file_says_so_and_starts_its_own(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    project = write_project(tmp_path / "sample", ("postgres",))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    project.services_file.write_text(
+        f"export POSTGRES_HOST='127.0.0.1'\nexport POSTGRES_PORT='{closed_port}'\n"
+    )
+
+    ran = _cli(
+        project,
+        cli_env(run_base, cache_dir),
+        "run",
+        "--after-ready",
+        "--",
+        sys.executable,
+        "-c",
+        PRINT_PORT,
+    )
+
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "not running" in ran.stderr and "starts services of its own" in ran.stderr
+    assert ran.stdout.split()[0] == "port" and ran.stdout.split()[1] != str(closed_port)
+    assert runs_in(run_base) == []
+
+
 def test_a_file_naming_dead_services_is_reported_with_the_fix(tmp_path: Path) -> None:
     project = write_project(tmp_path / "sample")
     with socket.socket() as s:
