@@ -3,9 +3,10 @@ as a user would see it, median of BENCH_RUNS (default 5):
 
 - the whole suite, and how soon its first integration test starts (`python3 bench/bench_make.py`,
   or `make bench-services`);
-- one test file, `make test-integration BACKEND=embedded ARGS=tests/integration/test_tags.py`
-  (`one_file`, part of `make bench`), with tox's own split of it (setup: the env checked against
-  its lock; cmd: the launcher and pytest).
+- one test file, `make test-integration ARGS=tests/integration/test_tags.py` (`one_file`, part
+  of `make bench`), as the inner loop runs it (warm services, `make services-up`: `run` uses
+  them) and cold (the launcher starts and stops its own servers), with tox's own split of it
+  (setup: the env checked against its lock; cmd: the launcher and pytest).
 
 Started from inside a tox env (`make bench`), the command gets this environment without that
 env's traces (VIRTUAL_ENV, TOX_*, its bin/ on PATH), so the tox it runs sees what a shell gives.
@@ -19,7 +20,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,10 @@ RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 # pytest -v prints a test's node id when the test starts, before its result.
 FIRST_TEST = re.compile(rb"tests/integration/\S+::\S+ ")
 ONE_FILE = "tests/integration/test_tags.py"
-ONE_FILE_COMMAND = ("make", "test-integration", "BACKEND=embedded", f"ARGS={ONE_FILE}")
+# As a user types it (BACKEND=auto: on a machine without Docker, the embedded services).
+ONE_FILE_COMMAND = ("make", "test-integration", f"ARGS={ONE_FILE}")
+SERVICES_UP = ("make", "services-up")
+SERVICES_DOWN = ("make", "services-down")
 PYTEST_HEADER = re.compile(rb"=+ test session starts =+")
 PYTEST_SUMMARY = re.compile(rb"=+ .*\d+ passed.* in [\d.]+s")
 # tox's summary line: "  integration-embedded: OK (4.59=setup[0.46]+cmd[4.13] seconds)"
@@ -109,9 +114,19 @@ class OneFile:
     samples_s: list[float]
 
 
+@contextmanager
+def warm_services() -> Iterator[None]:
+    """`make services-up` for the block, then `make services-down`."""
+    _run(SERVICES_UP, {})
+    try:
+        yield
+    finally:
+        _run(SERVICES_DOWN, {})
+
+
 def one_file(runs: int = RUNS) -> OneFile:
-    """`make test-integration BACKEND=embedded ARGS=tests/integration/test_tags.py`; one run
-    first, not counted (it may create or update the tox env)."""
+    """`make test-integration ARGS=tests/integration/test_tags.py`; one run first, not counted
+    (it may create or update the tox env, or build a template)."""
     taken: dict[str, list[float]] = {}
     marks = {"header": PYTEST_HEADER, "summary": PYTEST_SUMMARY}
     for i in range(runs + 1):
