@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
-import boto3.session
+import boto3
 from boto3.exceptions import Boto3Error
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -55,9 +55,12 @@ class ObjectNotFoundError(StorageError):
 
 
 def make_s3_client(settings: Settings) -> S3Client:
-    """Build a boto3 S3 client for the configured endpoint; no request is made here."""
-    session = boto3.session.Session()
-    return session.client(
+    """Build a boto3 S3 client for the configured endpoint; no request is made here.
+
+    From boto3's default session: the S3 model it loads (~0.08 s of JSON) is then loaded once
+    per process, whoever asks first. Clients are thread-safe; only sessions are not, and
+    this one is used here, at start-up, not from worker threads."""
+    return boto3.client(
         "s3",
         endpoint_url=settings.s3_endpoint_url,
         region_name=settings.s3_region,
