@@ -23,8 +23,8 @@ from api import Settings
 from api import create_app as create_docstore_app
 from api.deps import get_session
 from api.models import Base
+from tests.harness.clients import asgi_client
 from tests.harness.config import RunTargets
-from tests.harness.fixtures import asgi_client
 
 # Test-only owners and tokens: the app under test accepts exactly these.
 TOKENS = {"alice": "alice-test-token", "bob": "bob-test-token"}

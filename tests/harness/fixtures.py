@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import httpx
 import pytest
 import pytest_asyncio
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncTransaction
 
 from .adapter import AdapterError, AppAdapter, check_session_dependency
+from .clients import asgi_client, requests_served
 from .config import HarnessConfig, RunTargets
-from .isolation import create_test_engine, savepoint_session
+from .isolation import create_test_engine, end_test_transaction, joined_session
 from .janitor import RunStore, run_store
 from .leaks import Baseline, LeftBehindError, table_counts, undo_leftovers
 from .migrations import MigrationError, prepare
@@ -156,23 +158,31 @@ def real_commits(request: pytest.FixtureRequest) -> bool:
     return request.node.get_closest_marker("real_commits") is not None
 
 
-@pytest_asyncio.fixture
-async def db_session(
-    request: pytest.FixtureRequest, _migrated: tuple[AsyncEngine, Baseline]
-) -> AsyncIterator[AsyncSession]:
+@dataclass
+class TestConnection:
+    """A test's connection (held by _after_db_test), in an outer transaction rolled back after
+    the test (None under real_commits), and the sessions to close then."""
+
+    conn: AsyncConnection
+    outer: AsyncTransaction | None
+    sessions: list[AsyncSession] = field(default_factory=list)
+
+
+@pytest.fixture
+def db_session(_after_db_test: TestConnection) -> AsyncSession:
     """The test's session.
 
     By default it lives inside an outer transaction that is rolled back, and its commits
     become SAVEPOINT releases. Under @pytest.mark.real_commits it is a plain session that
-    really commits; the tables are emptied after the test.
-    """
-    engine, _ = _migrated
-    if real_commits(request):
-        async with AsyncSession(engine, expire_on_commit=False) as session:
-            yield session
+    really commits; the tables are emptied after the test. Its connection, transaction and
+    closing belong to _after_db_test: one async fixture for both."""
+    held = _after_db_test
+    if held.outer is None:
+        session = AsyncSession(held.conn.engine, expire_on_commit=False)
     else:
-        async with savepoint_session(engine) as session:
-            yield session
+        session = joined_session(held.conn)
+    held.sessions.append(session)
+    return session
 
 
 # The run's bucket while it exists (s3_fixtures.py sets it): what the after-test fixtures empty.
@@ -194,21 +204,26 @@ async def _after_db_test(
     request: pytest.FixtureRequest,
     _migrated: tuple[AsyncEngine, Baseline],
     _run_store: RunStore,
-) -> AsyncIterator[None]:
-    """After a test that used the run's database: the bucket emptied if the test used it, then
-    what the test left in the database found, undone and reported. The plugin puts this
-    fixture first in such a test's fixtures at collection, so it is torn down after all the
-    others; tests that use neither service don't get it (there is no autouse fixture)."""
+) -> AsyncIterator[TestConnection]:
+    """A test's connection to the run's database (db_session's, the app's requests') and, after
+    the test, on it: the bucket emptied if the test used it, the outer transaction rolled back,
+    and what the test left in the database found, undone and reported. The plugin puts it
+    first in the fixtures of each test that uses the database, so it is torn down last; other
+    tests don't get it (there is no autouse fixture)."""
+    engine, baseline = _migrated
+    committed = real_commits(request)
     served = requests_served()
-    yield
-    try:
-        empty_bucket_if_used(request, served)
-    finally:
-        engine, baseline = _migrated
-        test, committed = request.node.nodeid, real_commits(request)
-        problems = await undo_leftovers(test, engine, _run_store, baseline, committed=committed)
-        if problems:
-            raise LeftBehindError("\n".join(problems))
+    async with engine.connect() as conn:
+        held = TestConnection(conn, None if committed else await conn.begin())
+        yield held
+        try:
+            empty_bucket_if_used(request, served)
+        finally:
+            await end_test_transaction(held.outer, held.sessions)
+            test = request.node.nodeid
+            problems = await undo_leftovers(test, conn, _run_store, baseline, committed=committed)
+    if problems:
+        raise LeftBehindError("\n".join(problems))
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -233,7 +248,6 @@ def app(
     request: pytest.FixtureRequest,
     _session_app: Any,
     app_adapter: AppAdapter,
-    harness_config: HarnessConfig,
     db_session: AsyncSession,
 ) -> Iterator[Any]:
     """The app under test, built by the adapter for this run.
@@ -242,10 +256,6 @@ def app(
     the same data as the test; concurrent requests take turns on it. Under real_commits the
     app uses its own engine and commits for real.
     """
-    if "_after_db_test" not in request.fixturenames:
-        # Only for an app asked for at run time (getfixturevalue): the plugin gives every
-        # collected test that uses the app its after-test checks.
-        request.getfixturevalue("_after_db_test")
     overrides: dict[Any, Any] = _session_app.dependency_overrides
     if not real_commits(request):
         # One AsyncSession serves one request at a time; gather() in a test must not interleave.
@@ -260,36 +270,6 @@ def app(
         yield _session_app
     finally:
         overrides.clear()
-
-
-_served = [0]  # requests the apps under test served through asgi_client, this process
-
-
-def requests_served() -> int:
-    return _served[0]
-
-
-def _counting(app: Any) -> Any:
-    async def counted(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            _served[0] += 1
-        await app(scope, receive, send)
-
-    return counted
-
-
-def asgi_client(app: Any, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
-    """An httpx client that calls the app in-process (no socket); for adapters' own clients.
-
-    It holds nothing to release: its transport calls the app directly, and `aclose()` would
-    only mark it closed. So a plain (sync) fixture may return it, which spares every test an
-    event-loop round of pytest-asyncio's for setting it up and another for tearing it down.
-    """
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=_counting(app)),
-        base_url="http://test",
-        headers=headers or {},
-    )
 
 
 @pytest.fixture

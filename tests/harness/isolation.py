@@ -12,7 +12,13 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    AsyncTransaction,
+    create_async_engine,
+)
 
 from .janitor import SchemaJanitor
 
@@ -27,22 +33,33 @@ def create_test_engine(database_url: str, schema: str | None, **options: Any) ->
     return create_async_engine(database_url, connect_args=connect_args, **options)
 
 
+def joined_session(conn: AsyncConnection) -> AsyncSession:
+    """A session on `conn`'s outer transaction, whose own commits become SAVEPOINT releases."""
+    return AsyncSession(bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False)
+
+
+async def end_test_transaction(
+    outer: AsyncTransaction | None, sessions: Sequence[AsyncSession]
+) -> None:
+    """Roll the outer transaction back, then close the sessions. Rollback first: it discards
+    the SAVEPOINTs with everything else, so closing the sessions afterwards sends nothing (one
+    round trip saved)."""
+    if outer is not None and outer.is_active:
+        await outer.rollback()
+    for session in sessions:
+        await session.close()
+
+
 @asynccontextmanager
 async def savepoint_session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     """A session inside an outer transaction that is always rolled back."""
     async with engine.connect() as conn:
         outer = await conn.begin()
-        session = AsyncSession(
-            bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False
-        )
+        session = joined_session(conn)
         try:
             yield session
         finally:
-            # Outer rollback first: it discards the SAVEPOINTs with everything else, so
-            # closing the session afterwards sends nothing (one round trip saved).
-            if outer.is_active:
-                await outer.rollback()
-            await session.close()
+            await end_test_transaction(outer, [session])
 
 
 @asynccontextmanager

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .janitor import RunStore
 
@@ -108,41 +108,41 @@ class Baseline:
 
 async def undo_leftovers(
     test: str,
-    engine: AsyncEngine,
+    conn: AsyncConnection,
     store: RunStore,
     baseline: Baseline,
     *,
     committed: bool,
 ) -> list[str]:
-    """After the test, in one round trip when all is well: close its open transactions (on a
-    database of the run's own only), then empty what it committed (real_commits) or what a
-    second connection committed behind its back."""
+    """After the test, on its own connection (no transaction open on it any more), in one
+    round trip when all is well: close the test's other open transactions (on a database of
+    the run's own only), then empty what it committed (real_commits) or what a second
+    connection committed behind its back."""
     own_database = store.schema is None
     columns = ([_OPEN_TRANSACTIONS] if own_database else ["'[]'"]) + (
-        [] if committed else _counts_sql(engine.dialect, baseline.tables)
+        [] if committed else _counts_sql(conn.dialect, baseline.tables)
     )
     problems: list[str] = []
-    async with engine.connect() as conn:
-        # The driver's own connection, outside any transaction: one round trip, a statement
-        # asyncpg prepares once, and none of SQLAlchemy's per-statement work (a check after
-        # every test that used the database is worth keeping cheap).
-        driver: Any = (await conn.get_raw_connection()).driver_connection
-        row = await driver.fetchrow("SELECT " + ", ".join(f"({c})" for c in columns))
-        open_ones = json.loads(row[0]) if isinstance(row[0], str) else row[0]
-        if open_ones:
-            problems.append(open_transactions_message(test, await terminate(driver, open_ones)))
-        tables = baseline.tables
-        if not committed:
-            changed = {
-                t: (before, int(after))
-                for t, before, after in zip(tables, baseline.counts, row[1:], strict=True)
-                if before != after
-            }
-            if not changed:
-                return problems
-            problems.append(foreign_commits_message(test, changed))
-            tables = list(changed)
+    # The driver's own connection, outside any transaction: one round trip, a statement asyncpg
+    # prepares once, and none of SQLAlchemy's per-statement work (a check after every test
+    # that used the database is worth keeping cheap).
+    driver: Any = (await conn.get_raw_connection()).driver_connection
+    row = await driver.fetchrow("SELECT " + ", ".join(f"({c})" for c in columns))
+    open_ones = json.loads(row[0]) if isinstance(row[0], str) else row[0]
+    if open_ones:
+        problems.append(open_transactions_message(test, await terminate(driver, open_ones)))
+    tables = baseline.tables
+    if not committed:
+        changed = {
+            t: (before, int(after))
+            for t, before, after in zip(tables, baseline.counts, row[1:], strict=True)
+            if before != after
+        }
+        if not changed:
+            return problems
+        problems.append(foreign_commits_message(test, changed))
+        tables = list(changed)
     if tables:  # in a transaction of its own, for the cleanup's lock timeout
-        async with engine.begin() as conn:
+        async with conn.begin():
             await store.truncate(conn, tables)
     return problems

@@ -10,16 +10,10 @@ import pytest
 import pytest_asyncio
 
 from .buckets import BucketJanitor, s3_client_for, sweep_dead_buckets
+from .clients import requests_served
 from .config import HarnessConfig
 from .contract import S3Target
-from .fixtures import (
-    RUN_BUCKET,
-    empty_bucket_if_used,
-    keep_on_failure,
-    report_removed,
-    requests_served,
-    sweeps,
-)
+from .fixtures import RUN_BUCKET, empty_bucket_if_used, keep_on_failure, report_removed, sweeps
 from .stamps import RunNames
 
 if TYPE_CHECKING:

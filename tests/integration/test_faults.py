@@ -27,10 +27,10 @@ from api import Settings, create_app
 from api.deps import get_session
 from api.storage import make_s3_client
 from tests.app_adapter import TOKENS, settings_for
+from tests.harness.clients import asgi_client
 from tests.harness.config import HarnessConfig, RunTargets, embedded_settings, resolve_config
 from tests.harness.embedded.launcher import start_embedded_services
 from tests.harness.embedded.procs import free_port
-from tests.harness.fixtures import asgi_client
 from tests.harness.sandbox import sandbox
 from tests.helpers import alive, bearer, children_of, count_rows, object_keys, wait_until
 
