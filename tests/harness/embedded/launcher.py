@@ -43,7 +43,12 @@ class Server(Protocol):
     def ready_line(self) -> str: ...
 
 
-def launch(servers: Sequence[Server], timeout_s: float, report: TextIO | None) -> None:
+def launch(
+    servers: Sequence[Server],
+    timeout_s: float,
+    report: TextIO | None,
+    check: Callable[[], None] | None = None,
+) -> None:
     """Spawn every server from this (main) thread, then wait for all of them concurrently,
     respawning one on new ports when its port was taken. One deadline covers it all.
 
@@ -60,12 +65,16 @@ def launch(servers: Sequence[Server], timeout_s: float, report: TextIO | None) -
             pending: dict[Future[None], Server] = {}
             # Spawned in order: the slow S3 server boots while PostgreSQL is prepared.
             for server in servers:
+                if check:
+                    check()
                 server.prepare()
                 server.spawn()
                 pending[pool.submit(server.wait_ready, deadline, timeout_s, cancel)] = server
             while pending:
                 # A timeout keeps the main thread responsive to Ctrl-C.
                 done, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                if check:
+                    check()
                 for future in done:
                     server = pending.pop(future)
                     try:
@@ -110,10 +119,11 @@ class RunningServices:
     def ready_file(self) -> Path:
         return self.run.path / READY_FILE
 
-    def start(self, report: TextIO | None) -> None:
-        """Spawn the servers and wait until they answer (main thread); stop() cleans up."""
+    def start(self, report: TextIO | None, check: Callable[[], None] | None = None) -> None:
+        """Spawn the servers and wait until they answer (main thread); stop() cleans up.
+        `check` (raising to stop the launch) is called before each spawn and every 0.1 s."""
         servers: list[Server] = [s for s in (self.s3, self.postgres) if s is not None]
-        launch(servers, self.settings.timeout_s, report)
+        launch(servers, self.settings.timeout_s, report, check)
 
     def stop(self) -> None:
         """Stop the servers and remove the run dir; safe to call twice."""

@@ -75,10 +75,12 @@ class _Child:
         self.received: list[int] = []
         # Until the child owns the outcome, a signal also stops the launcher's own work.
         self.handed_over = False
-        self._starting = False
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
-        """Forward SIGINT/SIGTERM to the child; before the hand-over, also stop the launch."""
+        """Forward SIGINT/SIGTERM to the child; before the hand-over, the launch stops at its
+        next check(). Never raises: a handler runs between any two bytecodes, also inside
+        the import machinery's callbacks, where an exception is dropped ("Exception ignored")
+        or leaves the import lock held, and the next import then hangs for ever."""
         self.received.append(signum)
         running = self.proc is not None and self.proc.poll() is None
         if running and self.armed is not None and not self.armed.exists():
@@ -87,18 +89,19 @@ class _Child:
         elif running and not (signum == signal.SIGINT and _terminal_already_signalled_child()):
             assert self.proc is not None
             self.proc.send_signal(signum)
-        if not (self.handed_over or self._starting):
-            raise _Interrupted(signum)
+
+    def check(self) -> None:
+        """Before the hand-over: raise _Interrupted if a signal came (the launch then stops
+        and cleans up). The launch calls it at least every 0.1 s."""
+        if self.received and not self.handed_over:
+            raise _Interrupted(self.received[0])
 
     def start(self, added: Mapping[str, str]) -> None:
-        self._starting = True  # raising inside Popen could lose track of the process
         try:
             preexec = _ignore_sigint if self.armed is not None else None
             self.proc = subprocess.Popen(self.cmd, env={**os.environ, **added}, preexec_fn=preexec)
         except OSError as exc:
             raise _CannotRun(f"cannot run {shlex.join(self.cmd)}: {exc}") from None
-        finally:
-            self._starting = False
         if self.received:  # a signal came while the child was being started
             unarmed = self.armed is not None and not self.armed.exists()
             self.proc.send_signal(signal.SIGTERM if unarmed else self.received[0])
@@ -163,7 +166,8 @@ def _launch_and_run(
     if not after_ready:
         child.armed = armed_marker(running.ready_file)
         child.start(ready_variable)  # its start-up overlaps the servers'
-    running.start(report)
+    running.start(report, check=child.check)
+    child.check()
     if not after_ready:
         child.handed_over = True
     mark_ready(running.ready_file, running.env)
@@ -221,6 +225,7 @@ def run_command(
             settings, use_template=use_template, port_chooser=port_chooser, report=report
         )
         try:
+            child.check()
             return _launch_and_run(
                 child, running, after_ready=after_ready, keep_on_failure=keep, report=report
             )
