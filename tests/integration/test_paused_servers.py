@@ -19,6 +19,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -39,9 +40,21 @@ HEALTH_DEADLINE_S = 5.0
 REQUEST_DEADLINE_S = 10.0  # the issue's bound for the default deadlines
 CLIENT_TIMEOUT_S = 30.0  # only so that a hang fails instead of waiting for pytest-timeout
 OWNER = "alice"
-# More than the socket buffers between S3, the service and the client hold: a download of it
-# is still streaming when S3 is paused.
-BIG_BYTES = 24 * MIB
+
+
+def _socket_buffer_max(name: str) -> int:
+    """The most one TCP socket may buffer (Linux autotunes up to this), in bytes."""
+    path = Path(f"/proc/sys/net/ipv4/{name}")
+    return int(path.read_text().split()[2]) if path.exists() else 8 * MIB
+
+
+# More than the socket buffers between S3 and the service can hold (the service's receive
+# buffer, and on the Docker path a proxy's in between, each autotuned up to tcp_rmem's
+# maximum, 32 MiB here): a download of it is still streaming when S3 is paused. With 24 MiB,
+# S3 had sometimes sent it all before the pause.
+BIG_BYTES = max(
+    24 * MIB, 2 * _socket_buffer_max("tcp_rmem") + 2 * _socket_buffer_max("tcp_wmem") + 8 * MIB
+)
 
 
 @asynccontextmanager
