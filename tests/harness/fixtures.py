@@ -159,7 +159,7 @@ def real_commits(request: pytest.FixtureRequest) -> bool:
 
 
 @dataclass
-class TestConnection:
+class HeldConnection:
     """A test's connection (held by _after_db_test), in an outer transaction rolled back after
     the test (None under real_commits), and the sessions to close then."""
 
@@ -169,7 +169,7 @@ class TestConnection:
 
 
 @pytest.fixture
-def db_session(_after_db_test: TestConnection) -> AsyncSession:
+def db_session(_after_db_test: HeldConnection) -> AsyncSession:
     """The test's session.
 
     By default it lives inside an outer transaction that is rolled back, and its commits
@@ -204,7 +204,7 @@ async def _after_db_test(
     request: pytest.FixtureRequest,
     _migrated: tuple[AsyncEngine, Baseline],
     _run_store: RunStore,
-) -> AsyncIterator[TestConnection]:
+) -> AsyncIterator[HeldConnection]:
     """A test's connection to the run's database (db_session's, the app's requests') and, after
     the test, on it: the bucket emptied if the test used it, the outer transaction rolled back,
     and what the test left in the database found, undone and reported. The plugin puts it
@@ -214,7 +214,7 @@ async def _after_db_test(
     committed = real_commits(request)
     served = requests_served()
     async with engine.connect() as conn:
-        held = TestConnection(conn, None if committed else await conn.begin())
+        held = HeldConnection(conn, None if committed else await conn.begin())
         yield held
         try:
             empty_bucket_if_used(request, served)
