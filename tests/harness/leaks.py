@@ -29,10 +29,6 @@ _OPEN_TRANSACTIONS = (
 )
 
 
-class LeftBehindError(Exception):
-    """The test left something that the harness had to undo; str() names it and the fix."""
-
-
 async def terminate(driver: Any, found: list[list[object]]) -> list[str]:
     """Terminate the connections `found` (pid, state, query) through `driver` (an asyncpg
     connection); describe each."""
