@@ -242,6 +242,9 @@ def run_command(
         print(f"embedded services: {exc}", file=report)
         return EXIT_CANNOT_RUN
     except (ServiceStartError, HarnessSetupError, OSError) as exc:  # OSError: run base, cache
+        if child.received and not child.handed_over:
+            # A terminal's Ctrl-C reaches the servers too: their exit is the interrupt's doing.
+            return 128 + child.received[0]
         print(f"embedded services: {exc}", file=report)
         return EXIT_CANNOT_START
     finally:
