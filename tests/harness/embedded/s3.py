@@ -117,13 +117,24 @@ def signed_request(
 ) -> tuple[int, bytes]:
     """One SigV4-signed request, stdlib only: boto3 takes ~1 s to import and build a client
     on these machines, which would double the S3 start-up time."""
-    import http.client
-
     host = f"{endpoint[0]}:{endpoint[1]}"
     headers = sigv4_headers(host, creds, method, path, body, now)
+    return http_request(endpoint, method, path, body, headers)
+
+
+def http_request(
+    endpoint: tuple[str, int],
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, bytes]:
+    """One HTTP request with a 2 s deadline; the status and the body."""
+    import http.client
+
     conn = http.client.HTTPConnection(*endpoint, timeout=2)
     try:
-        conn.request(method, path, body=body, headers=headers)
+        conn.request(method, path, body=body, headers=dict(headers or {}))
         response = conn.getresponse()
         return response.status, response.read()
     finally:
@@ -245,16 +256,9 @@ class SeaweedServer:
         self.elapsed = time.monotonic() - self.started
 
     def _probe_write(self) -> None:
-        import http.client
-
         # First the one-collection rule (SHARED_COLLECTION), through the filer's HTTP API.
-        conn = http.client.HTTPConnection(HOST, self.ports["filer"], timeout=2)
-        try:
-            conn.request("PUT", "/etc/seaweedfs/filer.conf", body=FILER_RULES)
-            response = conn.getresponse()
-            status, reply = response.status, response.read()
-        finally:
-            conn.close()
+        filer = (HOST, self.ports["filer"])
+        status, reply = http_request(filer, "PUT", "/etc/seaweedfs/filer.conf", FILER_RULES)
         if status not in (200, 201):
             raise S3RequestError(f"PUT filer.conf: HTTP {status} {reply[:200]!r}")
         # Listing buckets can succeed before a volume accepts writes: prove a write works.

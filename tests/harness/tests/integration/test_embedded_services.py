@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,11 +46,9 @@ from .embedded_support import (
     assert_nothing_left,
     cli_env,
     port_closed,
-    private_run_base,
     processes_mentioning,
     runs_in,
     settings_for,
-    shared_cache_dir,
     wait_for,
 )
 
@@ -127,16 +125,6 @@ async def login():
 
 print("child-done", json.dumps([ready, keys, len(weeds), asyncio.run(login())]), flush=True)
 """
-
-
-@pytest.fixture(scope="module")
-def cache_dir() -> Iterator[Path]:
-    yield from shared_cache_dir()
-
-
-@pytest.fixture
-def run_base() -> Iterator[Path]:
-    yield from private_run_base()
 
 
 @pytest.fixture
@@ -495,21 +483,27 @@ def fake_postgres(run_base: Path) -> Callable[[str, str], Path]:
     return install
 
 
+def start_failure(settings: EmbeddedSettings, *, use_template: bool) -> tuple[str, float]:
+    """Start the services, which must fail with ServiceStartError: its message, and how long
+    the failure took (s)."""
+    started = time.monotonic()
+    with (
+        pytest.raises(ServiceStartError) as failure,
+        embedded_services(settings, use_template=use_template),
+    ):
+        pass
+    return str(failure.value), time.monotonic() - started
+
+
 def test_a_server_that_never_becomes_ready_fails_at_the_deadline_with_its_log(
     pg_settings: EmbeddedSettings, run_base: Path, fake_postgres: Callable[..., Path]
 ) -> None:
     bindir = fake_postgres('echo "FAKE: accepting nothing" >&2\nexec sleep 60\n')
     settings = dataclasses.replace(pg_settings, pg_bindir=bindir, timeout_s=1.5)
-    started = time.monotonic()
 
-    with (
-        pytest.raises(ServiceStartError) as failure,
-        embedded_services(settings, use_template=False),
-    ):
-        pass
+    message, seconds = start_failure(settings, use_template=False)
 
-    assert time.monotonic() - started < 5
-    message = str(failure.value)
+    assert seconds < 5
     assert "postgres was not ready at 127.0.0.1:" in message
     assert "within 1.5 s" in message
     assert "FAKE: accepting nothing" in message
@@ -522,13 +516,10 @@ def test_building_the_template_honours_the_timeout(
 ) -> None:
     bindir = fake_postgres('echo "FAKE: no socket" >&2\nexec sleep 60\n')
     settings = dataclasses.replace(pg_settings, pg_bindir=bindir, timeout_s=1.5)
-    started = time.monotonic()
 
-    with pytest.raises(ServiceStartError) as failure, embedded_services(settings):
-        pass
+    message, seconds = start_failure(settings, use_template=True)
 
-    assert time.monotonic() - started < 5  # not the 30 s it used to be
-    message = str(failure.value)
+    assert seconds < 5  # not the 30 s it used to be
     assert "postgres (building the template) was not ready" in message
     assert "within 1.5 s" in message and "FAKE: no socket" in message
     assert "TEST_SERVICES_TIMEOUT" in message
@@ -554,17 +545,12 @@ def test_a_server_that_exits_early_fails_at_once_with_its_log(
 ) -> None:
     bindir = fake_postgres('echo "FATAL: fake crash" >&2\nexit 1\n')
     settings = dataclasses.replace(pg_settings, pg_bindir=bindir, timeout_s=20)
-    started = time.monotonic()
 
-    with (
-        pytest.raises(ServiceStartError) as failure,
-        embedded_services(settings, use_template=False),
-    ):
-        pass
+    message, seconds = start_failure(settings, use_template=False)
 
-    assert time.monotonic() - started < 5
-    assert "postgres exited with code 1" in str(failure.value)
-    assert "FATAL: fake crash" in str(failure.value)
+    assert seconds < 5
+    assert "postgres exited with code 1" in message
+    assert "FATAL: fake crash" in message
 
 
 def test_missing_binaries_give_a_short_message_and_no_traceback(

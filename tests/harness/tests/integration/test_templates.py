@@ -63,7 +63,7 @@ from tests.harness.tests.nested import (
 )
 from tests.harness.tests.sample import models
 
-from .embedded_support import private_run_base, runs_in, settings_for, shared_cache_dir
+from .embedded_support import runs_in, settings_for, shared_cache_dir
 
 METADATA = models.Base.metadata
 LOCK_WAIT_S = 10.0
@@ -471,11 +471,6 @@ async def ensure_and_report(url: str, project: Project, *, drop: bool) -> tuple[
     finally:
         await admin.dispose()
     return before, await ensure_template(url, project, METADATA)
-
-
-@pytest.fixture
-def run_base() -> Iterator[Path]:
-    yield from private_run_base()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,23 +19,11 @@ from ..helpers import write_project
 from .embedded_support import (
     PACKAGE,
     cli_env,
-    private_run_base,
     runs_in,
     settings_for,
-    shared_cache_dir,
 )
 
 NEVER_ALIVE_PID = 2**22 + 1
-
-
-@pytest.fixture(scope="module")
-def cache_dir() -> Iterator[Path]:
-    yield from shared_cache_dir()
-
-
-@pytest.fixture
-def run_base() -> Iterator[Path]:
-    yield from private_run_base()
 
 
 def _cli(project: Project, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
