@@ -182,8 +182,8 @@ def pytest_configure(config: pytest.Config) -> None:
     _check_pytest_settings(config, project)
     # What follows imports the app's stack: ~200k objects that live as long as the run. The
     # collector would walk that growing heap again and again meanwhile, for garbage that
-    # imports hardly make (0.2-0.3 s of every start here, measured by importing the same
-    # modules with and without it). It runs again once they are in.
+    # imports hardly make (importing the same modules alone: 1.35 s with it, 1.01 s without;
+    # inside pytest, where much is imported before, 0.01-0.1 s). It runs again afterwards.
     gc.disable()
     try:
         _configure_guarded(config, project)
