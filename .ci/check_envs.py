@@ -54,6 +54,7 @@ def main() -> int:
                 capture_output=True,
                 text=True,
                 check=False,
+                cwd=ROOT,  # the lock's `-e ./pytest-realstack` is relative to the project root
             )
             output = result.stdout + result.stderr
             changes = [

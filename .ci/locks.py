@@ -5,7 +5,9 @@
 
 Each lock is `uv pip compile --universal --generate-hashes --python-version <the lowest Python of
 requires-python>`: every platform, every file's hash, and no index URL (uv writes none unless
-asked), so no lock names a host; a lock that would contain "://" is refused. locks/all.txt
+asked), so no lock names a host; a lock that would contain "://" is refused. The one unhashed
+line is the harness's own distribution, a path source of [tool.uv.sources] installed editable
+(`-e ./pytest-realstack`); its dependencies are hashed like every other. locks/all.txt
 resolves every extra and every dependency group at once, and every other set is compiled with
 it as constraints (-c locks/all.txt), so a package has the same version in every lock.
 
@@ -41,17 +43,28 @@ FIX = "fix: make lock"
 INPUTS = "inputs.sha256"
 
 
+def _requirements_of(project: dict[str, object]) -> dict[str, object]:
+    return {
+        "dependencies": project.get("dependencies", []),
+        "optional-dependencies": project.get("optional-dependencies", {}),
+        "requires-python": project.get("requires-python", ""),
+    }
+
+
 def inputs_digest(pyproject: dict[str, object]) -> str:
+    """What the locks depend on: this pyproject's requirements, groups and sets, and those of
+    each path source (the harness's own distribution)."""
     project = pyproject["project"]
     tool = pyproject.get("tool", {})
     assert isinstance(project, dict) and isinstance(tool, dict)
     inputs = {
-        "dependencies": project.get("dependencies", []),
-        "optional-dependencies": project.get("optional-dependencies", {}),
-        "requires-python": project.get("requires-python", ""),
+        **_requirements_of(project),
         "dependency-groups": pyproject.get("dependency-groups", {}),
         "locks": tool.get("locks", {}),
     }
+    for folder in path_sources(pyproject):
+        source = tomllib.loads((ROOT / folder / "pyproject.toml").read_text())["project"]
+        inputs[f"source:{folder}"] = _requirements_of(source)
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
@@ -86,6 +99,14 @@ def lock_sets(pyproject: dict[str, object]) -> dict[str, list[str]]:
     return sets
 
 
+def path_sources(pyproject: dict[str, object]) -> list[str]:
+    """The folders of [tool.uv.sources] that are local paths (installed editable: `-e ./dir`)."""
+    tool = pyproject.get("tool", {})
+    assert isinstance(tool, dict)
+    sources = tool.get("uv", {}).get("sources", {})
+    return [spec["path"] for spec in sources.values() if isinstance(spec, dict) and "path" in spec]
+
+
 def python_version(pyproject: dict[str, object]) -> str:
     project = pyproject["project"]
     assert isinstance(project, dict)
@@ -118,6 +139,19 @@ def _pins(entries: list[str]) -> set[str]:
     return {entry.split(" --hash", 1)[0] for entry in entries}
 
 
+def _without_editables(lines: list[str]) -> list[str]:
+    """The lock's lines less each `-e` entry and the `# via` comments under it."""
+    kept: list[str] = []
+    dropping = False
+    for line in lines:
+        if line.startswith("-e "):
+            dropping = True
+        elif not (dropping and line.startswith("    #")):
+            dropping = False
+            kept.append(line)
+    return kept
+
+
 def compile_all(uv: str, work: Path, extra: list[str], upgrade_all: bool) -> None:
     """Compile every lock in `work` (a copy of pyproject.toml and locks/), all.txt first."""
     pyproject = tomllib.loads((work / "pyproject.toml").read_text())
@@ -130,6 +164,7 @@ def compile_all(uv: str, work: Path, extra: list[str], upgrade_all: bool) -> Non
         "--no-config",
         "--quiet",
     ]
+    editables = {f"-e {folder}": f"-e ./{folder}" for folder in path_sources(pyproject)}
     for name, sources in lock_sets(pyproject).items():
         target = f"{LOCKS}/{name}.txt"
         constraints = [] if name == ALL else [f"--constraints={LOCKS}/{ALL}.txt"]
@@ -148,8 +183,16 @@ def compile_all(uv: str, work: Path, extra: list[str], upgrade_all: bool) -> Non
                 f"locks: uv could not compile {target} (above); the bounds in pyproject.toml "
                 f"may not fit together: {' '.join(command[1:])}"
             )
-        if "://" in (work / target).read_text():
+        text = (work / target).read_text()
+        if "://" in text:
             sys.exit(f"locks: {target} would name a URL (an index or a file); the locks name none")
+        # uv writes a path source as `-e dir`; `./dir` can never be read as a package's name.
+        # all.txt serves only as the others' constraints, and a constraint must name a package:
+        # it keeps the path source's dependencies but not its editable line.
+        lines = [editables.get(line, line) for line in text.splitlines()]
+        if name == ALL:
+            lines = _without_editables(lines)
+        (work / target).write_text("\n".join(lines) + "\n")
 
 
 def check(names: list[str], strays: list[str], locks: Path, fresh: Path, digest: str) -> int:
@@ -211,6 +254,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="locks-") as tmp:
         work = Path(tmp)
         shutil.copy2(ROOT / "pyproject.toml", work / "pyproject.toml")
+        # Path sources ([tool.uv.sources]: the harness's own distribution) at the same relative
+        # place, so uv reads their metadata and writes the same `-e ./<dir>` line.
+        for folder in path_sources(tomllib.loads((ROOT / "pyproject.toml").read_text())):
+            (work / folder).parent.mkdir(parents=True, exist_ok=True)
+            (work / folder).symlink_to(ROOT / folder, target_is_directory=True)
         # The committed locks are uv's preferences: it keeps their versions where it can.
         if locks.is_dir():
             shutil.copytree(locks, work / LOCKS)

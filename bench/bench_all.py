@@ -23,6 +23,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from realstack import (
+    EmbeddedSettings,
+    embedded_services,
+    embedded_settings,
+    find_pyproject,
+    load_project,
+    load_warm_services,
+    resolve_config,
+    start_embedded_services,
+)
+
 from bench import bench_make, bench_pytest
 from bench.bench_isolation import TESTS, MethodResult, measure_isolation
 from bench.bench_overhead import (
@@ -41,10 +52,6 @@ from bench.bench_setup import (
     measure_docstore,
 )
 from bench.bench_upload import UploadResult, measure_upload
-from tests.harness.config import EmbeddedSettings, embedded_settings, resolve_config
-from tests.harness.embedded.launcher import embedded_services, start_embedded_services
-from tests.harness.embedded.warm import load_warm_services
-from tests.harness.project import find_pyproject, load_project
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results.json"
@@ -154,7 +161,7 @@ def measure() -> tuple[dict[str, float], dict[str, Any]]:
                     f"bench: {key}: the suite failed (exit codes {codes}):\n{failure}",
                     file=sys.stderr,
                 )
-    if load_warm_services(project) is None:
+    if load_warm_services(settings) is None:
         step(f"make test-integration with one file, cold (median of {RUNS})")
         cold = bench_make.one_file(RUNS)
         figures["one_file_make_cold_s"] = cold.wall_s

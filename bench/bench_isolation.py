@@ -26,20 +26,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from psycopg.errors import InsufficientPrivilege
 from pytest_postgresql.janitor import DatabaseJanitor
+from realstack import (
+    HarnessConfig,
+    Project,
+    contract,
+    embedded_settings,
+    find_pyproject,
+    find_services,
+    load_project,
+    resolve_config,
+)
+from realstack.isolation import committing_session, create_test_engine, savepoint_session
+from realstack.janitor import SchemaJanitor
+from realstack.migrations import migrate
+from realstack.stamps import RunNames
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.pool import NullPool
 
 from api.models import Base, Document, Tag, document_tags
-from tests.harness import contract
-from tests.harness.config import HarnessConfig, embedded_settings, resolve_config
-from tests.harness.isolation import committing_session, create_test_engine, savepoint_session
-from tests.harness.janitor import SchemaJanitor
-from tests.harness.migrations import migrate
-from tests.harness.project import Project, find_pyproject, load_project
-from tests.harness.sources import find_services
-from tests.harness.stamps import RunNames
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = int(os.environ.get("BENCH_ISOLATION_TESTS", "100"))
@@ -275,7 +281,7 @@ def main() -> list[MethodResult]:
     env |= find_services(project, env)
     if contract.resolve_database(project, env).url is not None:
         return asyncio.run(measure_isolation(resolve_config(project, env)))
-    from tests.harness.embedded.launcher import embedded_services
+    from realstack import embedded_services
 
     with embedded_services(embedded_settings(project, env), report=None) as running:
         return asyncio.run(measure_isolation(resolve_config(project, running.env)))

@@ -6,7 +6,7 @@ The tests are generated into a temp directory, never into the repo (other runs w
 them): a copy of the app tier's config there (pyproject.toml, tests/conftest.py and
 tests/integration/conftest.py, copied verbatim) makes tests/integration of the temp directory
 a guarded path of the same project ("docstore", same adapter, same migrations, so the same
-template), with the repo on PYTHONPATH for `tests.harness`, `tests.app_adapter` and `bench`.
+template), with the repo on PYTHONPATH for `tests.app_adapter` and `bench`.
 
 Per-test time is pytest's own setup + call + teardown durations (bench/pytest_timing.py); the
 overhead of a variant is its median minus the median of the tests that request nothing.

@@ -1,7 +1,7 @@
 """Wall times of pytest subprocesses: the URL guard's early exit, pytest's own start-up, the
 import of the app's stack, how soon one test file's first test runs against services that are
 already running, and a test tier against them: the app's (tests/integration, the repo's pytest
-config) or the harness's own (its config in tests/harness/tests/pyproject.toml).
+config) or the harness's own (its config in tests/harness/pyproject.toml).
 
 All run with this interpreter (sys.executable) and with PYTHONDONTWRITEBYTECODE emptied, as
 the tox envs do, so pyc files are cached like in a normal run. None of the harness's variables
@@ -26,14 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.harness import contract  # noqa: E402
+from realstack import contract  # noqa: E402
 
 GUARD_MESSAGE = "Integration tests require postgresql+asyncpg://"
 GUARD_EXIT_CODE = 4  # pytest.ExitCode.USAGE_ERROR
 SQLITE_URL = "sqlite+aiosqlite:///t.db"
 # The two tiers, as pytest arguments from the repo root.
 APP_TIER: tuple[str, ...] = ("tests/integration",)
-HARNESS_TIER: tuple[str, ...] = ("-c", "tests/harness/tests/pyproject.toml", "tests/harness/tests")
+HARNESS_TIER: tuple[str, ...] = ("-c", "tests/harness/pyproject.toml", "tests/harness")
 # What tells a pytest run where services are: none of this process's may leak into a child.
 _HARNESS_VARIABLES = {variable.name for variable in contract.VARIABLES}
 _HARNESS_SUFFIXES = ("_SERVICES_READY_FILE", "_TEST_RUN_ID")

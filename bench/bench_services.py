@@ -16,9 +16,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.harness.config import EmbeddedSettings, embedded_settings
-from tests.harness.embedded.launcher import start_embedded_services
-from tests.harness.project import find_pyproject, load_project
+from realstack import (
+    EmbeddedSettings,
+    embedded_settings,
+    find_pyproject,
+    load_project,
+    start_embedded_services,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = 5

@@ -1,5 +1,5 @@
 """Per-run (per-xdist-worker) database setup: migrating an empty database from scratch versus
-cloning the migrated template (tests/harness/templates.py), side by side in one process.
+cloning the migrated template (realstack/templates.py), side by side in one process.
 
 Two projects:
 - "bench-chain", generated here at run time into a temp directory (never committed): 20 tables that
@@ -10,8 +10,8 @@ Two projects:
 
 What one setup is, timed from the first statement to an open connection on a database that is
 ready for the tests (the same end point for both, so the ratio is not flattered):
-- migrate:  create the run's database (tests/harness/janitor.py run_store: CREATE DATABASE,
-            stamp, settings), connect, `alembic upgrade head` (tests/harness/migrations.py
+- migrate:  create the run's database (realstack/janitor.py run_store: CREATE DATABASE,
+            stamp, settings), connect, `alembic upgrade head` (realstack/migrations.py
             migrate: the 200 scripts are loaded and run). The drift check, which a run without
             a template would add on top, is timed apart (`drift_check_ms`) and not included.
 - template: run_store with the template: CREATE DATABASE ... TEMPLATE ... STRATEGY FILE_COPY,
@@ -43,18 +43,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from realstack import (
+    HarnessConfig,
+    Project,
+    contract,
+    embedded_settings,
+    find_pyproject,
+    find_services,
+    load_project,
+    resolve_config,
+)
+from realstack.isolation import create_test_engine
+from realstack.janitor import autocommit_engine, run_store
+from realstack.migrations import drift, migrate
+from realstack.stamps import RunNames
+from realstack.templates import ensure_template, fingerprint, template_prefix
 from sqlalchemy import MetaData, text
 from sqlalchemy.pool import NullPool
-
-from tests.harness import contract
-from tests.harness.config import HarnessConfig, embedded_settings, resolve_config
-from tests.harness.isolation import create_test_engine
-from tests.harness.janitor import autocommit_engine, run_store
-from tests.harness.migrations import drift, migrate
-from tests.harness.project import Project, find_pyproject, load_project
-from tests.harness.sources import find_services
-from tests.harness.stamps import RunNames
-from tests.harness.templates import ensure_template, fingerprint, template_prefix
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUP_RUNS = int(os.environ.get("BENCH_SETUP_RUNS", "10"))
@@ -435,8 +440,7 @@ async def measure_setup(
 
 def _count_revisions(project: Project) -> int:
     from alembic.script import ScriptDirectory
-
-    from tests.harness.migrations import alembic_config
+    from realstack.migrations import alembic_config
 
     return len(list(ScriptDirectory.from_config(alembic_config(project)).walk_revisions()))
 
@@ -500,7 +504,7 @@ def main() -> list[SetupResult]:
     env |= find_services(project, env)
     if contract.resolve_database(project, env).url is not None:
         return asyncio.run(_both(resolve_config(project, env)))
-    from tests.harness.embedded.launcher import embedded_services
+    from realstack import embedded_services
 
     # Cold (initdb): no cached templates in it, and never saved back into the launcher's cache.
     settings = embedded_settings(project, env)

@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
+from realstack import HarnessConfig, sandbox
 
 from api.config import MIB
 from tests.app_adapter import environment_of, settings_for
-from tests.harness.config import HarnessConfig
-from tests.harness.sandbox import sandbox
 from tests.helpers import bearer, proc_status_kb
 from tests.load_client import serve
 

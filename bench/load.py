@@ -27,11 +27,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python bench/load.py` puts bench/, not the repo, on the path
     sys.path.insert(0, str(REPO))
 
+from realstack import (  # noqa: E402  # noqa: E402
+    HarnessConfig,
+    embedded_settings,
+    find_pyproject,
+    load_project,
+    resolve_config,
+    sandbox,
+    start_embedded_services,
+)
+
 from tests.app_adapter import MAX_UPLOAD_BYTES, environment_of, settings_for  # noqa: E402
-from tests.harness.config import HarnessConfig, embedded_settings, resolve_config  # noqa: E402
-from tests.harness.embedded.launcher import start_embedded_services  # noqa: E402
-from tests.harness.project import find_pyproject, load_project  # noqa: E402
-from tests.harness.sandbox import sandbox  # noqa: E402
 from tests.load_client import OWNER, run_load, serve, verify  # noqa: E402
 
 

@@ -1,7 +1,8 @@
 """docstore's adapter for the test harness: everything the harness knows of this app.
 
-The harness core (tests/harness/) asks for `metadata`, `create_app`, `session_dependency` and
-`app_environment`; the fixtures below are this app's own (owners and their tokens).
+The harness (pytest-realstack, imported as `realstack`) asks for `metadata`, `create_app`,
+`session_dependency` and `app_environment`; the fixtures below are this app's own (owners and
+their tokens).
 `python -m tests.app_adapter` is `make dev`'s server.
 """
 
@@ -18,13 +19,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
+from realstack import RunTargets, asgi_client
 
 from api import Settings
 from api import create_app as create_docstore_app
 from api.deps import get_session
 from api.models import Base
-from tests.harness.clients import asgi_client
-from tests.harness.config import RunTargets
 
 # Test-only owners and tokens: the app under test accepts exactly these.
 TOKENS = {"alice": "alice-test-token", "bob": "bob-test-token"}
@@ -101,8 +101,7 @@ DEV_HOST, DEV_PORT = "127.0.0.1", "8000"
 
 async def serve_dev() -> int:
     """`make dev`: a migrated schema and a bucket on the embedded services, uvicorn on them."""
-    from tests.harness.sandbox import sandbox
-    from tests.harness.sources import resolve_for_tool
+    from realstack import resolve_for_tool, sandbox
 
     config = resolve_for_tool()
     token = secrets.token_urlsafe(24)

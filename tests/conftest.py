@@ -1,3 +1,5 @@
-"""Loads the test harness (tests/harness/): the guard, the services, the fixtures."""
+"""Loads the test harness (pytest-realstack): the guard, the services, the fixtures. Installed,
+its entry point has loaded it already and this line is a no-op; a copied realstack/ folder
+loads here."""
 
-pytest_plugins = ["tests.harness.plugin"]
+pytest_plugins = ["realstack.plugin"]

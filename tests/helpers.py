@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from realstack import object_keys
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.models import Document
-from tests.harness.buckets import object_keys
 
 __all__ = [
     "alive",

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from realstack import die_with_parent, free_port, object_keys
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.pool import NullPool
@@ -34,8 +35,6 @@ from api.config import Settings
 from api.db import create_engine_for
 from api.models import Document, PendingObjectDeletion
 from api.storage import make_s3_client
-from tests.harness.buckets import object_keys
-from tests.harness.embedded.procs import die_with_parent, free_port
 from tests.helpers import bearer
 
 REPO = Path(__file__).resolve().parents[1]

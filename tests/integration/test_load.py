@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import secrets
 
+from realstack import HarnessConfig, sandbox
+
 from tests.app_adapter import environment_of, settings_for
-from tests.harness.config import HarnessConfig
-from tests.harness.sandbox import sandbox
 from tests.load_client import OWNER, run_load, serve, verify
 
 CLIENTS = 10

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from realstack import HarnessConfig, ServerFaults, sandbox
 
 from api import Settings
 from api.config import MIB
@@ -30,9 +31,6 @@ from api.db import create_engine_for, create_sessionmaker
 from api.storage import Storage
 from api.storage_gc import sweep
 from tests.app_adapter import environment_of, settings_for
-from tests.harness.config import HarnessConfig
-from tests.harness.faults import ServerFaults
-from tests.harness.sandbox import sandbox
 from tests.helpers import bearer
 from tests.load_client import ServedApp, serve, stored_keys
 

@@ -24,6 +24,7 @@ import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
+from realstack import RunTargets, S3Target
 from schemathesis import GenerationMode
 from schemathesis.checks import CheckFunction, not_a_server_error
 from schemathesis.core.result import Ok
@@ -35,8 +36,6 @@ from schemathesis.specs.openapi.checks import (
 
 from api import Settings
 from tests.app_adapter import TOKENS, create_app
-from tests.harness.config import RunTargets
-from tests.harness.contract import S3Target
 from tests.helpers import bearer, create_document
 
 MAX_EXAMPLES = 25

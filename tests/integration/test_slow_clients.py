@@ -20,13 +20,12 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from realstack import HarnessConfig, sandbox
 
 from api import Settings
 from api.config import MIB
 from api.storage import PART_BYTES, make_s3_client
 from tests.app_adapter import environment_of, settings_for
-from tests.harness.config import HarnessConfig
-from tests.harness.sandbox import sandbox
 from tests.helpers import bearer, eventually
 from tests.load_client import SLOW_STAGES, ServedApp, open_slow_upload, serve, stored_keys
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
+from realstack import HarnessConfig, sandbox
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -26,8 +27,6 @@ from api.models import PendingObjectDeletion
 from api.storage import Storage
 from api.storage_gc import SweepResult, sweep
 from tests.app_adapter import environment_of, settings_for
-from tests.harness.config import HarnessConfig
-from tests.harness.sandbox import sandbox
 from tests.helpers import object_keys
 from tests.load_client import REPO, stored_keys
 

@@ -2,19 +2,18 @@
 
 CI here cannot start containers, so these tests keep the Docker path correct by
 construction: pinned images, health checks, one set of variable names, and credentials
-that come from the [tool.harness] table (through toxfile.py), never written into tox.ini.
+that come from the [tool.harness] table (through toxfile.py's hooks), never written into tox.ini.
 """
 
 from __future__ import annotations
 
 import configparser
+import importlib.util
 import re
 from pathlib import Path
 
 import pytest
-
-from tests.harness import contract
-from tests.harness.project import load_project
+from realstack import contract, load_project
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = load_project(ROOT / "pyproject.toml")
@@ -215,9 +214,15 @@ def test_toxfile_exports_every_credential_variable_tox_ini_substitutes() -> None
     text = (ROOT / "tox.ini").read_text()
     substituted = set(re.findall(r"\{env:([A-Z_]+)\}", text)) & CREDENTIAL_NAMES
     assert substituted == CREDENTIAL_NAMES
-    toxfile = (ROOT / "toxfile.py").read_text()
+    # toxfile.py imports the hooks from the harness's tox plugin (tox is not installed here).
+    spec = importlib.util.find_spec("realstack.toxplugin")
+    assert spec is not None and spec.origin is not None
+    hooks = Path(spec.origin).read_text()
+    assert (
+        "from realstack.toxplugin import tox_add_core_config" in (ROOT / "toxfile.py").read_text()
+    )
     for name in substituted:
-        assert f'"{name}":' in toxfile, f"toxfile.py does not export {name}"
+        assert f'"{name}":' in hooks, f"realstack/toxplugin.py does not export {name}"
 
 
 def test_set_env_never_substitutes_tox_docker_variables() -> None:

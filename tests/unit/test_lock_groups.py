@@ -1,9 +1,10 @@
 """Every tox env installs a hashed lock of locks/, and the locks cover the harness's requirements.
 
-The harness core keeps its dependencies in tests/harness/requirements*.txt, so that it stays a
-folder a project can copy. pyproject.toml mirrors each file as a dependency group, which is what
-the locks pin ([tool.locks]) and tox installs; these tests fail when a file and its group
-disagree, when an env installs anything but its lock, and when a lock names a host.
+The harness is its own distribution (pytest-realstack/, with an extra per service), which the
+dependency groups name and [tool.uv.sources] resolves to its folder: the locks carry it as the
+one unhashed line `-e ./pytest-realstack` and pin its dependencies, hashed, like every other.
+These tests fail when a lock holds any other unhashed line, when an env installs anything but
+its lock, and when a lock names a host.
 """
 
 from __future__ import annotations
@@ -24,27 +25,12 @@ GROUPS = PYPROJECT["dependency-groups"]
 EXTRAS = PYPROJECT["project"]["optional-dependencies"]
 LOCK_SETS: dict[str, dict[str, Any]] = PYPROJECT["tool"]["locks"]
 LOCKS = ROOT / "locks"
-MIRRORS = {
-    "requirements.txt": "harness",
-    "requirements-s3.txt": "harness-s3",
-    "requirements-embedded.txt": "harness-embedded",
-    "requirements-embedded-s3.txt": "harness-embedded-s3",
-}
+HARNESS = "pytest-realstack"
+HARNESS_PROJECT = tomllib.loads((ROOT / HARNESS / "pyproject.toml").read_text())["project"]
+# The one line of a lock that is not `name==version` with hashes: the harness, editable.
+EDITABLE = f"-e ./{HARNESS}"
 # `name==version` and its markers, the first line of each entry of a lock.
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+?)(?: ; (.+?))?(?: \\)?$", re.M)
-
-
-def _normalized(lines: list[str]) -> set[tuple[str, frozenset[str], str, str]]:
-    parsed = (Requirement(line) for line in lines)
-    return {
-        (canonicalize_name(r.name), frozenset(r.extras), str(r.specifier), str(r.marker or ""))
-        for r in parsed
-    }
-
-
-def _requirements(path: Path) -> list[str]:
-    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
-    return [line for line in lines if line]
 
 
 def _tox_ini() -> configparser.ConfigParser:
@@ -71,22 +57,23 @@ def _pins(lock: str) -> set[tuple[str, str, str]]:
     return {(canonicalize_name(n), v, m or "") for n, v, m in PIN.findall(text)}
 
 
-def test_every_requirements_file_of_the_core_has_a_mirror_group() -> None:
-    files = {path.name for path in (ROOT / "tests/harness").glob("requirements*.txt")}
-    assert files == set(MIRRORS)
+def test_the_harness_is_installed_editable_from_its_folder() -> None:
+    sources = PYPROJECT["tool"]["uv"]["sources"]
+    assert sources == {HARNESS: {"path": HARNESS, "editable": True}}
+    assert HARNESS_PROJECT["name"] == HARNESS
 
 
-@pytest.mark.parametrize(("filename", "group"), MIRRORS.items())
-def test_each_requirements_file_and_its_group_name_the_same_requirements(
-    filename: str, group: str
-) -> None:
-    in_file = _normalized(_requirements(ROOT / "tests/harness" / filename))
-    in_group = _normalized([item for item in GROUPS[group] if isinstance(item, str)])
-    assert in_file == in_group, (
-        f"tests/harness/{filename} and [dependency-groups] {group} disagree: "
-        f"only in the file {sorted(in_file - in_group)}, only in the group "
-        f"{sorted(in_group - in_file)}; make them equal, then `make lock`"
-    )
+def _harness_extras(requirements: list[str]) -> set[str]:
+    parsed = map(Requirement, requirements)
+    return {e for r in parsed if canonicalize_name(r.name) == HARNESS for e in r.extras}
+
+
+def test_the_groups_reach_every_extra_of_the_harness() -> None:
+    # An extra no group names would be locked nowhere, so no env could test it.
+    reached = _harness_extras([item for items in GROUPS.values() for item in items])
+    extras = HARNESS_PROJECT["optional-dependencies"]
+    reached |= {e for extra in reached for e in _harness_extras(extras[extra])}
+    assert reached == set(extras)
 
 
 def test_there_is_one_lock_per_set_and_the_full_one() -> None:
@@ -109,9 +96,25 @@ def test_every_lock_is_hashed_and_pins_each_package_exactly(lock: str) -> None:
     text = (LOCKS / f"{lock}.txt").read_text()
     entries = [line for line in text.splitlines() if line and not line.startswith((" ", "#"))]
     assert entries
+    editable = [entry for entry in entries if entry.startswith("-e")]
+    # The documented exception: the harness itself, editable, at most once (all.txt, which
+    # serves only as the others' constraints, has none: a constraint must name a package).
+    assert editable in ([], [EDITABLE]), f"locks/{lock}.txt: {editable} (only {EDITABLE!r})"
     for entry in entries:
+        if entry == EDITABLE:
+            continue
         assert PIN.fullmatch(entry), f"locks/{lock}.txt: {entry!r} is not `name==version`"
         assert entry.endswith(" \\"), f"locks/{lock}.txt: {entry!r} has no hash"
+
+
+@pytest.mark.parametrize("lock", sorted(LOCK_SETS))
+def test_every_lock_that_installs_the_harness_pins_its_dependencies(lock: str) -> None:
+    text = (LOCKS / f"{lock}.txt").read_text()
+    if EDITABLE not in text.splitlines():
+        return
+    names = {name for name, _, _ in _pins(lock)}
+    for requirement in map(Requirement, HARNESS_PROJECT["dependencies"]):
+        assert canonicalize_name(requirement.name) in names, (lock, requirement.name)
 
 
 @pytest.mark.parametrize("lock", sorted(LOCK_SETS))

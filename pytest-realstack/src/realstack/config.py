@@ -1,0 +1,171 @@
+"""The table and the variables, resolved once into frozen objects that everything else receives.
+
+`resolve_config` is what pytest uses (guard included); `embedded_settings` is what the
+embedded launcher uses. Nothing downstream reads the environment again. Standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import contract, guard
+from .contract import S3Target
+from .project import Credentials, Project
+
+# How many times this process resolved the targets: the plugin does it once per process.
+resolutions = 0
+
+
+def new_run_id() -> str:
+    """Unique across concurrent runs on one machine: a timestamp plus the pid."""
+    return f"{time.strftime('%y%m%d%H%M%S', time.gmtime())}_{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class HarnessConfig:
+    """Where this run's services are (guarded), and how the run behaves."""
+
+    project: Project
+    database_url: str = field(repr=False)  # carries the password
+    s3: S3Target | None
+    run_id: str
+    explicit_database: bool  # TEST_DATABASE_URL: may be a real database, so it is inspected
+    keep_on_failure: bool
+    allow_user_tables: bool
+    # What each run (or xdist worker) gets of its own: "database" where the role may create
+    # databases, else "schema"; decided once by safety.choose_per_run before any test.
+    per_run: str = "database"
+    test_timeout_s: float = 60.0
+
+    def to_json(self) -> str:
+        """For xdist workers, which take the controller's result instead of resolving again."""
+        fields = {k: v for k, v in asdict(self).items() if k != "project"}
+        return json.dumps(fields)
+
+    @classmethod
+    def from_json(cls, project: Project, text: str) -> HarnessConfig:
+        fields = json.loads(text)
+        s3 = S3Target(**fields.pop("s3")) if fields.get("s3") else None
+        fields.pop("s3", None)
+        return cls(project=project, s3=s3, **fields)
+
+
+def resolve_config(
+    project: Project, env: Mapping[str, str], *, run_id: str | None = None
+) -> HarnessConfig:
+    """Resolve and guard the targets; raises guard.GuardError or contract.ContractError."""
+    global resolutions
+    resolutions += 1
+    allowed = contract.TEST_ALLOWED_HOSTS.get(env, project) or frozenset()
+    database = contract.resolve_database(project, env)
+    database_url = guard.check_database_target(project, database, allowed, env)
+    s3 = None
+    if project.uses_s3:
+        s3 = contract.resolve_s3(project, env)
+        guard.check_s3_target(s3, allowed)
+    return HarnessConfig(
+        project=project,
+        database_url=database_url,
+        s3=s3,
+        run_id=run_id or env.get(project.run_id_variable, "").strip() or new_run_id(),
+        explicit_database=database.source == contract.TEST_DATABASE_URL.name,
+        keep_on_failure=bool(contract.TEST_KEEP_ON_FAILURE.get(env, project)),
+        allow_user_tables=bool(contract.TEST_ALLOW_USER_TABLES.get(env, project)),
+        test_timeout_s=contract.TEST_TIMEOUT.get(env, project) or 60.0,
+    )
+
+
+@dataclass(frozen=True)
+class EmbeddedSettings:
+    """What the embedded launcher needs: which servers, their credentials, time and places."""
+
+    project: Project
+    credentials: Credentials
+    timeout_s: float
+    cache_dir: Path
+    run_base: Path
+    pg_bindir: Path | None
+    keep_on_failure: bool
+
+    @property
+    def with_s3(self) -> bool:
+        return self.project.uses_s3
+
+    @property
+    def services_file(self) -> Path:
+        """Where `make services-up` (`python -m realstack.embedded up`) publishes the warm
+        services (embedded/warm.py): JSON in the run base, one file per project checkout."""
+        checkout = hashlib.sha256(str(self.project.root).encode()).hexdigest()[:12]
+        return self.run_base / f"services-{checkout}.json"
+
+
+def _default_run_base(project: Project) -> Path:
+    """tmpfs when there is one: initdb and the template copy are I/O bound."""
+    shm = Path("/dev/shm")
+    parent = shm if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
+    return Path(parent or tempfile.gettempdir()) / f"{project.name}-harness-{os.geteuid()}"
+
+
+def embedded_settings(project: Project, env: Mapping[str, str]) -> EmbeddedSettings:
+    """Raises contract.ContractError on a malformed variable."""
+
+    def text(variable: contract.Variable[str]) -> str:
+        return variable.get(env, project) or ""
+
+    credentials = Credentials(
+        pg_user=text(contract.POSTGRES_USER),
+        pg_password=text(contract.POSTGRES_PASSWORD),
+        pg_database=text(contract.POSTGRES_DB),
+        s3_access_key=text(contract.MINIO_ROOT_USER),
+        s3_secret_key=text(contract.MINIO_ROOT_PASSWORD),
+        s3_region=text(contract.S3_REGION),
+    )
+    return EmbeddedSettings(
+        project=project,
+        credentials=credentials,
+        timeout_s=contract.TEST_SERVICES_TIMEOUT.get(env, project) or 30.0,
+        cache_dir=contract.TEST_HARNESS_CACHE_DIR.get(env, project) or Path(),
+        run_base=contract.TEST_HARNESS_RUN_BASE.get(env, project) or _default_run_base(project),
+        pg_bindir=contract.PG_BINDIR.get(env, project),
+        keep_on_failure=bool(contract.TEST_KEEP_ON_FAILURE.get(env, project)),
+    )
+
+
+def service_variables(
+    settings: EmbeddedSettings, pg_port: int, s3_port: int | None
+) -> dict[str, str]:
+    """The variables tox-docker and tox set_env would give, for servers on these ports."""
+    creds = settings.credentials
+    env = {
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_PORT": str(pg_port),
+        "POSTGRES_USER": creds.pg_user,
+        "POSTGRES_PASSWORD": creds.pg_password,
+        "POSTGRES_DB": creds.pg_database,
+    }
+    if s3_port is not None:
+        env |= {
+            "MINIO_HOST": "127.0.0.1",
+            "MINIO_PORT": str(s3_port),
+            "MINIO_ROOT_USER": creds.s3_access_key,
+            "MINIO_ROOT_PASSWORD": creds.s3_secret_key,
+            "S3_REGION": creds.s3_region,
+        }
+    return env
+
+
+@dataclass(frozen=True)
+class RunTargets:
+    """What the app adapter gets: the run's database and schema, and its bucket (with S3)."""
+
+    database_url: str = field(repr=False)  # password included; the run's own database
+    schema: str | None  # None: the database's default schema; else set it as the search_path
+    s3: S3Target | None
+    bucket: str | None

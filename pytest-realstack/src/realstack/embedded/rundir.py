@@ -1,0 +1,193 @@
+"""One run's private directory and state file, process identity across pid reuse, and the
+sweep of what dead runs (a SIGKILLed launcher, say) left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..contract import TEST_HARNESS_RUN_BASE
+from .procs import HarnessSetupError, RunAs, write_atomic
+
+STATE_FILE = "state.json"
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Clock ticks since boot: with the pid, it identifies a process across pid reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return parse_start_time(stat)
+
+
+def parse_start_time(stat: str) -> int:
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])
+
+
+def proc_cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+@dataclass
+class Child:
+    pid: int
+    start: int
+    program: str  # basename of argv[0]; checked again before the sweep kills anything
+
+
+@dataclass
+class RunState:
+    owner_pid: int
+    owner_start: int
+    children: list[Child] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # outside the run dir, e.g. weed's /tmp sockets
+
+    def dump(self) -> str:
+        return json.dumps(
+            {
+                "owner_pid": self.owner_pid,
+                "owner_start": self.owner_start,
+                "children": [vars(c) for c in self.children],
+                "files": self.files,
+            }
+        )
+
+    @classmethod
+    def load(cls, text: str) -> RunState:
+        data = json.loads(text)
+        return cls(
+            int(data["owner_pid"]),
+            int(data["owner_start"]),
+            [Child(int(c["pid"]), int(c["start"]), str(c["program"])) for c in data["children"]],
+            [str(f) for f in data["files"]],
+        )
+
+
+class RunDir:
+    """One run's private directory and its state file (owner, children, stray files)."""
+
+    def __init__(self, path: Path, run_as: RunAs | None) -> None:
+        self.path = path
+        self.run_as = run_as
+        me = os.getpid()
+        self.state = RunState(me, proc_start_time(me) or 0)
+        self._lock = threading.Lock()
+        self._save()
+
+    @classmethod
+    def create(
+        cls, base: Path, run_as: RunAs | None, on_dead_run: Callable[[Path], None] | None = None
+    ) -> RunDir:
+        """A new run dir under `base`, after sweeping the dead runs found there."""
+        sweep_dead_runs(base, on_dead_run=on_dead_run)
+        _ensure_base(base, run_as)
+        path = Path(tempfile.mkdtemp(prefix="run-", dir=base))
+        if run_as:
+            os.chown(path, run_as.uid, run_as.gid)
+        return cls(path, run_as)
+
+    def subdir(self, name: str) -> Path:
+        """A directory the servers can write: owned by the server user."""
+        path = self.path / name
+        path.mkdir(mode=0o700, exist_ok=True)
+        if self.run_as:
+            os.chown(path, self.run_as.uid, self.run_as.gid)
+        return path
+
+    def add_child(self, proc: subprocess.Popen[bytes], program: str) -> None:
+        with self._lock:
+            start = proc_start_time(proc.pid) or 0
+            self.state.children.append(Child(proc.pid, start, program))
+            self._save()
+
+    def add_files(self, paths: Sequence[Path]) -> None:
+        with self._lock:
+            self.state.files.extend(str(p) for p in paths)
+            self._save()
+
+    def remove(self) -> None:
+        remove_stray_files(self.state.files)
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def _save(self) -> None:
+        write_atomic(self.path / STATE_FILE, self.state.dump(), 0o644)
+
+
+def _ensure_base(base: Path, run_as: RunAs | None) -> None:
+    if not base.exists():
+        base.mkdir(parents=True, exist_ok=True)
+        # 0755 whatever the umask: the server user must traverse it to reach its run dir.
+        base.chmod(0o755)
+    if run_as and base.stat().st_mode & 0o001 == 0:
+        raise HarnessSetupError(
+            f"user {run_as.name} cannot enter the run directory base {base} "
+            f"(mode {base.stat().st_mode & 0o777:04o}); fix: chmod 755 {base}, "
+            f"or set {TEST_HARNESS_RUN_BASE.name} to a directory others can traverse"
+        )
+
+
+def remove_stray_files(paths: Sequence[str]) -> None:
+    for name in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def sweep_dead_runs(
+    base: Path, *, grace_s: float = 60.0, on_dead_run: Callable[[Path], None] | None = None
+) -> list[Path]:
+    """Remove run dirs whose owner died (e.g. SIGKILL), killing their leftover servers first.
+
+    A live owner's dir is never touched; a dir still being created has no state file yet.
+    """
+    removed: list[Path] = []
+    try:
+        entries = sorted(base.glob("run-*"))
+    except OSError:
+        return removed
+    for run in entries:
+        try:
+            state = RunState.load((run / STATE_FILE).read_text())
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                if time.time() - run.stat().st_mtime > grace_s:
+                    shutil.rmtree(run, ignore_errors=True)
+                    removed.append(run)
+            continue
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if proc_start_time(state.owner_pid) == state.owner_start:
+            continue
+        for child in state.children:
+            _kill_if_still_ours(child, run)
+        if on_dead_run:
+            on_dead_run(run)
+        remove_stray_files(state.files)
+        shutil.rmtree(run, ignore_errors=True)
+        removed.append(run)
+    return removed
+
+
+def _kill_if_still_ours(child: Child, run: Path) -> None:
+    if proc_start_time(child.pid) != child.start:
+        return
+    argv = proc_cmdline(child.pid)
+    if argv and Path(argv[0]).name == child.program and any(str(run) in a for a in argv):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child.pid, signal.SIGKILL)

@@ -1,0 +1,219 @@
+"""Warm services for the inner loop: `up` keeps the embedded servers running in a detached
+supervisor and publishes them in the project's services file; a test run reads it
+(load_warm_services); `down` stops them. Standard library only at import time: pytest
+reads the file before collection.
+
+The services file (EmbeddedSettings.services_file): JSON, written atomically, in the run base
+(tmpfs where there is one: it goes with a reboot, as the servers do), one per project checkout:
+
+    {"format": 1, "project": "/path/to/checkout",
+     "supervisor": {"pid": 4242, "started": 123456},
+     "variables": {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "40123", ...}}
+
+Only the contract's known variables are read from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..config import EmbeddedSettings
+from ..contract import VARIABLES
+from ..project import Project
+from .procs import write_atomic
+from .rundir import proc_start_time
+
+STOP_TIMEOUT_S = 30.0
+COMMAND = f"python -m {__package__}"
+FORMAT = 1
+_KNOWN = frozenset(variable.name for variable in VARIABLES)
+
+
+class StaleServicesError(RuntimeError):
+    """The services file names services that no longer run; str() says the fix."""
+
+
+class ServicesFile:
+    """What the services file says: the supervisor (pid and start time) and the variables."""
+
+    def __init__(self, path: Path, supervisor: tuple[int, int] | None, variables: dict[str, str]):
+        self.path = path
+        self.supervisor = supervisor
+        self.variables = variables
+
+    @classmethod
+    def read(cls, path: Path) -> ServicesFile | None:
+        """None when there is no file; StaleServicesError when it is not one of ours."""
+        try:
+            data: Any = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise StaleServicesError(
+                f"{path} is not a services file the harness wrote ({type(exc).__name__}).\n"
+                f"  fix:  `{COMMAND} down` removes it (make services-down), or delete it"
+            ) from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise StaleServicesError(
+                f"{path} is not a services file of this harness (format {FORMAT} expected).\n"
+                f"  fix:  `{COMMAND} down` removes it (make services-down), or delete it"
+            )
+        supervisor = data.get("supervisor") or {}
+        try:
+            owner = (int(supervisor["pid"]), int(supervisor["started"]))
+        except (KeyError, TypeError, ValueError):
+            owner = None
+        raw = data.get("variables") or {}
+        variables = {
+            str(k): str(v) for k, v in (raw.items() if isinstance(raw, dict) else ()) if k in _KNOWN
+        }
+        return cls(path, owner, variables)
+
+    def supervisor_alive(self) -> bool:
+        if self.supervisor is None:
+            return False
+        pid, started = self.supervisor
+        return proc_start_time(pid) == started  # same pid and not a reused one
+
+
+def write_services_file(path: Path, project: Project, env: Mapping[str, str]) -> None:
+    pid = os.getpid()
+    document = {
+        "format": FORMAT,
+        "written_by": f"`{COMMAND} up`; `{COMMAND} down` stops the services and removes it",
+        "project": str(project.root),
+        "supervisor": {"pid": pid, "started": proc_start_time(pid)},
+        "variables": {k: v for k, v in env.items() if k in _KNOWN},
+    }
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(document, indent=2) + "\n")
+
+
+def _port_answers(host: str, port: str) -> bool:
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _endpoints(project: Project) -> list[tuple[str, str]]:
+    """(host key, port key) of each service the project uses."""
+    pairs = [("POSTGRES_HOST", "POSTGRES_PORT")]
+    return [*pairs, ("MINIO_HOST", "MINIO_PORT")] if project.uses_s3 else pairs
+
+
+def load_warm_services(settings: EmbeddedSettings) -> dict[str, str] | None:
+    """The service variables of live warm services; None without a services file.
+
+    Raises StaleServicesError when the file names services that no longer run. Changes
+    nothing: the caller decides whether the values apply.
+    """
+    found = ServicesFile.read(settings.services_file)
+    if found is None:
+        return None
+    values = found.variables
+    dead = [] if found.supervisor_alive() else [f"supervisor {found.supervisor or '?'}"]
+    for host_key, port_key in _endpoints(settings.project):
+        if not _port_answers(values.get(host_key, "127.0.0.1"), values.get(port_key, "")):
+            dead.append(f"{port_key}={values.get(port_key, '?')}")
+    if dead:
+        raise StaleServicesError(
+            f"{found.path} names warm services that are not running ({', '.join(dead)} not "
+            f"answering).\n  fix:  `{COMMAND} up` to start them again (make services-up), or "
+            f"`{COMMAND} down` to remove the file and use a fresh set per run (make services-down)."
+        )
+    return values
+
+
+def _supervise(report_fd: int, settings: EmbeddedSettings) -> None:
+    """The detached process: start the servers, publish the file, wait for `down`."""
+    from .launcher import start_embedded_services
+
+    with os.fdopen(report_fd, "w") as report:
+        try:
+            running = start_embedded_services(settings, report=report)
+        except Exception as error:
+            report.write(f"ERROR {error}\n")
+            return
+        # Blocked only now: the servers must not inherit a blocked mask.
+        stop_signals = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+        write_services_file(settings.services_file, settings.project, running.env)
+        report.write(f"READY {settings.services_file}\n")
+    try:
+        signal.sigwait(stop_signals)
+    finally:
+        settings.services_file.unlink(missing_ok=True)
+        running.stop()
+
+
+def services_up(settings: EmbeddedSettings) -> int:
+    """Start warm services in a detached supervisor; 0 once they answer, 3 if they cannot."""
+    path = settings.services_file
+    try:
+        if load_warm_services(settings) is not None:
+            print(f"services up: already running ({path}); `{COMMAND} down` stops them.")
+            return 0
+    except StaleServicesError:
+        path.unlink(missing_ok=True)
+    read_fd, write_fd = os.pipe()
+    if os.fork() == 0:  # the supervisor: its own session, so the terminal's Ctrl-C spares it
+        os.close(read_fd)
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        try:
+            _supervise(write_fd, settings)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as report:
+        for line in report:
+            if line.startswith("READY"):
+                print(f"services up: ready; the tests use them while {path} exists.")
+                print(f"  `{COMMAND} down` stops them.")
+                return 0
+            if line.startswith("ERROR"):
+                print(f"services up: {line.removeprefix('ERROR ').strip()}", file=sys.stderr)
+                return 3
+            print(line, end="", file=sys.stderr)
+    print("services up: the supervisor exited before the services were ready", file=sys.stderr)
+    return 3
+
+
+def services_down(settings: EmbeddedSettings) -> int:
+    """Stop the warm services and remove the services file; 1 if they would not stop."""
+    path = settings.services_file
+    try:
+        found = ServicesFile.read(path)
+    except StaleServicesError:
+        found = ServicesFile(path, None, {})
+    if found is None:
+        print(f"services down: no warm services (no {path}).")
+        return 0
+    if found.supervisor is None or not found.supervisor_alive():
+        path.unlink(missing_ok=True)
+        print("services down: the services were already gone; removed the stale file.")
+        return 0
+    pid = found.supervisor[0]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while proc_start_time(pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proc_start_time(pid) is not None:
+        print(
+            f"services down: supervisor {pid} did not stop in {STOP_TIMEOUT_S:g} s", file=sys.stderr
+        )
+        return 1
+    print("services down: stopped; the tests start their own services again.")
+    return 0

@@ -1,0 +1,278 @@
+"""The core fixtures: the run's schema, its engine, per-test isolation, the app and a client.
+
+Registered by the plugin once the guard has passed. What they know of the app comes from the
+adapter (adapter.py); the S3 fixtures live in s3_fixtures.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import httpx
+import pytest
+import pytest_asyncio
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncTransaction
+
+from .adapter import AdapterError, AppAdapter, check_session_dependency
+from .clients import asgi_client, requests_served
+from .config import HarnessConfig, RunTargets
+from .isolation import create_test_engine, end_test_transaction, joined_session
+from .janitor import RunStore, run_store
+from .leaks import Baseline, table_counts, undo_leftovers
+from .migrations import MigrationError, prepare
+from .plugin import ADAPTER, CONFIG
+from .stamps import RunNames
+from .sweeps import sweep_dead_stores
+from .templates import ensure_template
+
+
+def stop_run(config: pytest.Config, message: str) -> NoReturn:
+    """End the run with `message`; in an xdist worker (where pytest.exit would crash the
+    controller with an INTERNALERROR) fail every test with it instead."""
+    if hasattr(config, "workerinput"):
+        pytest.fail(message, pytrace=False)
+    pytest.exit(message, returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+def keep_on_failure(request: pytest.FixtureRequest, config: HarnessConfig) -> bool:
+    return config.keep_on_failure and request.session.testsfailed > 0
+
+
+def sweeps(names: RunNames) -> bool:
+    """One process per run removes what killed runs left behind (the others would race it)."""
+    return names.worker in {"main", "gw0"}
+
+
+def report_removed(request: pytest.FixtureRequest, kind: str, removed: list[str]) -> None:
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    for name in removed:
+        if reporter is not None:
+            shown = f"{kind} {name!r}" if kind else name
+            reporter.write_line(f"harness: removed {shown} left by a run that was killed")
+
+
+@pytest.fixture(scope="session")
+def harness_config(pytestconfig: pytest.Config) -> HarnessConfig:
+    """The resolved, guarded configuration of this run (the same object in every fixture)."""
+    return pytestconfig.stash[CONFIG]
+
+
+@pytest.fixture(scope="session")
+def app_adapter(pytestconfig: pytest.Config) -> AppAdapter:
+    return pytestconfig.stash[ADAPTER]
+
+
+@pytest.fixture(scope="session")
+def run_names(pytestconfig: pytest.Config, harness_config: HarnessConfig) -> RunNames:
+    workerinput: dict[str, Any] = getattr(pytestconfig, "workerinput", {})
+    worker = str(workerinput.get("workerid", "main"))
+    return RunNames(harness_config.project, harness_config.run_id, worker)
+
+
+@pytest.fixture(scope="session")
+def database_url(harness_config: HarnessConfig) -> str:
+    """The guarded URL of the test database (password included); not the run's schema."""
+    return harness_config.database_url
+
+
+@pytest_asyncio.fixture(scope="session")
+async def _run_store(
+    request: pytest.FixtureRequest, harness_config: HarnessConfig, run_names: RunNames
+) -> AsyncIterator[RunStore]:
+    """The run's own database (or, where the role may not create one, schema)."""
+    server_url = harness_config.database_url
+    if sweeps(run_names):
+        removed = await sweep_dead_stores(server_url, harness_config.project)
+        report_removed(request, "", removed)
+    template = None
+    if harness_config.per_run == "database":
+        metadata = request.getfixturevalue("app_adapter").metadata
+        try:
+            template = await ensure_template(server_url, harness_config.project, metadata)
+        except MigrationError as exc:
+            stop_run(request.config, str(exc))
+    per_run = harness_config.per_run
+    async with run_store(server_url, run_names, per_run, template=template) as store:
+        yield store
+        store.keep = keep_on_failure(request, harness_config)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def _migrated(
+    request: pytest.FixtureRequest,
+    harness_config: HarnessConfig,
+    app_adapter: AppAdapter,
+    _run_store: RunStore,
+) -> AsyncIterator[tuple[AsyncEngine, Baseline]]:
+    project, metadata = harness_config.project, app_adapter.metadata
+    engine = create_test_engine(_run_store.url, _run_store.schema)
+    try:
+        async with engine.begin() as conn:
+            if _run_store.schema is not None:  # no template: migrate the run's own schema
+                try:
+                    await conn.run_sync(lambda sync: prepare(sync, project, metadata))
+                except MigrationError as exc:
+                    stop_run(request.config, str(exc))
+            tables = [t.name for t in app_adapter.metadata.sorted_tables]
+            baseline = Baseline(tables, await table_counts(conn, tables))
+        yield engine, baseline
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def engine(_migrated: tuple[AsyncEngine, Baseline]) -> AsyncEngine:
+    """The run's engine: its own database (or search_path = its schema), migrated to head and
+    checked for drift against the adapter's models."""
+    return _migrated[0]
+
+
+@pytest.fixture(scope="session")
+def run_database_url(harness_config: HarnessConfig, _run_store: RunStore) -> str:
+    """The full URL of the run's own database, password included, for a second connection:
+    `create_async_engine(run_database_url)`. What it can see: see the README's pitfalls."""
+    if _run_store.schema is not None:
+        pytest.fail(
+            f"run_database_url: the role may not create databases, so this run has a schema "
+            f"({_run_store.schema!r}), which a URL cannot carry for asyncpg. fix: give the role "
+            "CREATEDB, or connect with database_url and "
+            "connect_args={'server_settings': {'search_path': run_targets.schema}}",
+            pytrace=False,
+        )
+    return _run_store.url
+
+
+@pytest.fixture(scope="session")
+def run_targets(
+    request: pytest.FixtureRequest, harness_config: HarnessConfig, _run_store: RunStore
+) -> RunTargets:
+    """What the adapter builds the app from: the run's database (or schema) and bucket."""
+    bucket = request.getfixturevalue("_run_bucket").bucket if harness_config.s3 else None
+    return RunTargets(_run_store.url, _run_store.schema, harness_config.s3, bucket)
+
+
+def real_commits(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("real_commits") is not None
+
+
+@dataclass
+class HeldConnection:
+    """A test's connection (held by _after_db_test), in an outer transaction rolled back after
+    the test (None under real_commits), and the sessions to close then."""
+
+    conn: AsyncConnection
+    outer: AsyncTransaction | None
+    sessions: list[AsyncSession] = field(default_factory=list)
+
+
+@pytest.fixture
+def db_session(_after_db_test: HeldConnection) -> AsyncSession:
+    """The test's session.
+
+    By default it lives inside an outer transaction that is rolled back, and its commits
+    become SAVEPOINT releases. Under @pytest.mark.real_commits it is a plain session that
+    really commits; the tables are emptied after the test. Its connection, transaction and
+    closing belong to _after_db_test: one async fixture for both."""
+    held = _after_db_test
+    if held.outer is None:
+        session = AsyncSession(held.conn.engine, expire_on_commit=False)
+    else:
+        session = joined_session(held.conn)
+    held.sessions.append(session)
+    return session
+
+
+# The run's bucket while it exists (s3_fixtures.py sets it): what the after-test fixtures empty.
+RUN_BUCKET = pytest.StashKey[Any]()
+
+
+def empty_bucket_if_used(request: pytest.FixtureRequest, served_before: int) -> None:
+    """Empty the run's bucket after a test that could have written to it: it made the app
+    serve a request, or it used s3_client. Other tests pay nothing."""
+    bucket = request.config.stash.get(RUN_BUCKET, None)
+    if bucket is not None and (
+        requests_served() != served_before or "s3_client" in request.fixturenames
+    ):
+        bucket.empty()
+
+
+@pytest_asyncio.fixture
+async def _after_db_test(
+    request: pytest.FixtureRequest,
+    _migrated: tuple[AsyncEngine, Baseline],
+    _run_store: RunStore,
+) -> AsyncIterator[HeldConnection]:
+    """A test's connection to the run's database (db_session's, the app's requests') and, after
+    the test, on it: the bucket emptied if the test used it, the outer transaction rolled back,
+    and what the test left in the database found, undone and reported. The plugin puts it
+    first in the fixtures of each test that uses the database, so it is torn down last; other
+    tests don't get it (there is no autouse fixture)."""
+    engine, baseline = _migrated
+    committed = real_commits(request)
+    served = requests_served()
+    async with engine.connect() as conn:
+        held = HeldConnection(conn, None if committed else await conn.begin())
+        yield held
+        try:
+            empty_bucket_if_used(request, served)
+        finally:
+            await end_test_transaction(held.outer, held.sessions)
+            test = request.node.nodeid
+            problems = await undo_leftovers(test, conn, _run_store, baseline, committed=committed)
+    if problems:  # the message says what and the fix: a traceback through pytest-asyncio would not
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def _session_app(
+    request: pytest.FixtureRequest, app_adapter: AppAdapter, run_targets: RunTargets
+) -> AsyncIterator[Any]:
+    app = app_adapter.create_app(run_targets)
+    try:
+        check_session_dependency(app_adapter, app)
+    except AdapterError as exc:
+        stop_run(request.config, str(exc))
+    lifespan = getattr(getattr(app, "router", None), "lifespan_context", None)
+    if lifespan is None:
+        yield app
+        return
+    async with lifespan(app):  # what uvicorn would run: the app's start-up and shut-down
+        yield app
+
+
+@pytest.fixture
+def app(
+    request: pytest.FixtureRequest,
+    _session_app: Any,
+    app_adapter: AppAdapter,
+    db_session: AsyncSession,
+) -> Iterator[Any]:
+    """The app under test, built by the adapter for this run.
+
+    HTTP calls use the test's `db_session` (a dependency override), so they see and roll back
+    the same data as the test; concurrent requests take turns on it. Under real_commits the
+    app uses its own engine and commits for real.
+    """
+    overrides: dict[Any, Any] = _session_app.dependency_overrides
+    if not real_commits(request):
+        # One AsyncSession serves one request at a time; gather() in a test must not interleave.
+        turn = asyncio.Lock()
+
+        async def _test_session() -> AsyncIterator[AsyncSession]:
+            async with turn:
+                yield db_session
+
+        overrides[app_adapter.session_dependency] = _test_session
+    try:
+        yield _session_app
+    finally:
+        overrides.clear()
+
+
+@pytest.fixture
+def client(app: Any) -> httpx.AsyncClient:
+    """An anonymous client of the app under test."""
+    return asgi_client(app)

@@ -1,0 +1,450 @@
+"""The harness as a pytest plugin: read [tool.harness], resolve and guard the targets once,
+before any conftest is imported, then register the fixtures and the app adapter.
+
+Installed, pytest loads it through the `pytest11` entry point named `realstack.plugin`, and
+`pytest_load_initial_conftests` guards and redirects the app's database variable before the
+first conftest. Copied (or with plugin autoloading disabled), the root conftest loads it with
+`pytest_plugins = ["realstack.plugin"]`: that hook then never fires, and `pytest_configure`
+does the same work, after refusing a run whose guarded conftests were already imported (they
+could have read the app's real database URL); `-p realstack.plugin` makes it early again.
+Only cheap imports at module level: the guard must decide before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import gc
+import glob
+import os
+import sys
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import pytest
+
+from . import contract
+from .config import HarnessConfig, resolve_config
+from .guard import GuardError
+from .project import Project, ProjectConfigError, find_pyproject, load_project
+from .sources import find_services
+
+if TYPE_CHECKING:
+    from .adapter import AppAdapter
+
+PLUGIN_NAME = __name__  # what `-p` and `pytest_plugins` name, and the entry point's name
+PROJECT = pytest.StashKey[Project]()
+CONFIG = pytest.StashKey[HarnessConfig]()
+ADAPTER: pytest.StashKey[AppAdapter] = pytest.StashKey()
+# Set when pytest_load_initial_conftests resolved (or decided there was nothing to resolve).
+EARLY = pytest.StashKey[bool]()
+WORKER_INPUT_KEY = "harness_config"
+MARKERS = (
+    "integration: needs the real services (set automatically for the guarded paths)",
+    "real_commits: the test commits for real instead of rolling back a SAVEPOINT; "
+    "its rows are removed afterwards",
+)
+REQUIRED_INI = {
+    "asyncio_mode": "auto",
+    "asyncio_default_fixture_loop_scope": "session",
+    "asyncio_default_test_loop_scope": "session",
+}
+
+
+class _Refusal(Exception):
+    """Why the run cannot start; str() names the cause and the fix."""
+
+    def __init__(self, message: object, code: pytest.ExitCode = pytest.ExitCode.USAGE_ERROR):
+        super().__init__(str(message))
+        self.code = code
+
+
+def _find_project(config: pytest.Config) -> Project | None:
+    """The project's table; None when no pyproject.toml at or above the run has one (the
+    plugin is installed, but this project does not use it: it stays out of the way)."""
+    inipath = config.inipath
+    start = inipath if inipath is not None and inipath.name == "pyproject.toml" else None
+    try:
+        pyproject = find_pyproject(start or config.rootpath)
+    except ProjectConfigError:
+        return None
+    return load_project(pyproject)
+
+
+def _matches_only_integration(name: str, /, **kwargs: str | int | bool | None) -> bool:
+    return name == "integration"
+
+
+def selects_guarded(
+    project: Project, markexpr: str, args: Sequence[str], invocation_dir: Path
+) -> bool:
+    """True when a run of these paths, with this -m expression, could collect guarded tests."""
+    if markexpr:
+        try:
+            from _pytest.mark.expression import Expression
+        except ImportError:  # pragma: no cover - private API moved; be safe and guard
+            pass
+        else:
+            if not Expression.compile(markexpr).evaluate(_matches_only_integration):
+                return False
+    return any(project.is_guarded(Path(invocation_dir, a.split("::", 1)[0])) for a in args)
+
+
+def _early_args(config: pytest.Config) -> list[str]:
+    """The run's paths before pytest decides them (config.args is not set yet): the raw
+    arguments, else `testpaths` when run from the rootdir, else the current directory."""
+    namespace = config.known_args_namespace
+    args = [str(a) for a in (namespace.file_or_dir or [])]
+    if args:
+        return args
+    invocation_dir = config.invocation_params.dir
+    if invocation_dir == config.rootpath:
+        testpaths = [str(p) for p in config.getini("testpaths")]
+        found = [hit for pattern in testpaths for hit in sorted(glob.glob(pattern, recursive=True))]
+        if found:
+            return found
+    return [str(invocation_dir)]
+
+
+def _ini(config: pytest.Config, key: str) -> str | None:
+    """An ini value as text; None when no loaded plugin declares the key."""
+    try:
+        return str(config.getini(key) or "")
+    except ValueError:
+        return None
+
+
+def _check_pytest_settings(config: pytest.Config, project: Project) -> None:
+    if _ini(config, "asyncio_mode") is None:
+        raise _Refusal(
+            "pytest-asyncio is not loaded in this run, and the harness's fixtures need it.\n"
+            "  fix:  install it (pytest-realstack depends on it); with "
+            "PYTEST_DISABLE_PLUGIN_AUTOLOAD=1, load it by name: -p pytest_asyncio.plugin"
+        )
+    wrong = {k: v for k, v in REQUIRED_INI.items() if _ini(config, k) != v}
+    if wrong:
+        lines = "\n".join(f'        {k} = "{v}"' for k, v in REQUIRED_INI.items())
+        raise _Refusal(
+            "The harness needs these pytest settings (one event loop for the whole session, so "
+            "one engine serves every test); seen: "
+            + ", ".join(f"{k}={config.getini(k)!r}" for k in wrong)
+            + f".\n  fix:  add to [tool.pytest.ini_options] of {project.root / 'pyproject.toml'}:\n"
+            + lines
+        )
+
+
+def _import_fixtures() -> None:
+    """The heavy imports (SQLAlchemy, Alembic, httpx), while the launcher's servers boot."""
+    from . import fixtures  # noqa: F401
+
+
+def _resolve(project: Project, add_cleanup: Callable[[Callable[[], None]], None]) -> HarnessConfig:
+    from .embedded.procs import HarnessSetupError, ServiceStartError
+    from .embedded.readiness import ServicesNotReadyError
+    from .embedded.warm import StaleServicesError
+
+    env = dict(os.environ)
+    try:
+        env |= find_services(project, env, add_cleanup=add_cleanup, before_wait=_import_fixtures)
+        return resolve_config(project, env)
+    except KeyboardInterrupt:
+        raise _Refusal(
+            "interrupted while the services started; nothing was left running",
+            pytest.ExitCode.INTERRUPTED,
+        ) from None
+    except (
+        GuardError,
+        contract.ContractError,
+        ServicesNotReadyError,
+        StaleServicesError,
+        ServiceStartError,
+        HarnessSetupError,
+    ) as refusal:
+        raise _Refusal(refusal) from None
+
+
+def _choose_per_run(resolved: HarnessConfig) -> HarnessConfig:
+    """One look at the server: refuse a database the tests must not use, and decide whether
+    each run gets a database or a schema of its own (said once, on the fallback)."""
+    from .safety import choose_per_run
+
+    notes: list[str] = []
+    try:
+        per_run = choose_per_run(resolved, notes)
+    except GuardError as refusal:
+        raise _Refusal(refusal) from None
+    for note in notes:
+        sys.stderr.write(note + "\n")
+    return dataclasses.replace(resolved, per_run=per_run)
+
+
+def _resolve_guarded(config: pytest.Config, project: Project) -> None:
+    """Resolve, guard and look at the server once, then point the app's own database variable
+    at the guarded test database: an app that reads its URL at import finds it there, never
+    yours. Servers started here stop with the run, or at once if this fails."""
+    cleanups: list[Callable[[], None]] = []
+    # What follows imports the app's stack: ~200k objects that live as long as the run. The
+    # collector would walk that growing heap again and again meanwhile, for garbage that
+    # imports hardly make (importing the same modules alone: 1.35 s with it, 1.01 s without;
+    # inside pytest, where much is imported before, 0.01-0.1 s). It runs again afterwards.
+    gc.disable()
+    try:
+        resolved = _choose_per_run(_resolve(project, cleanups.append))
+    except BaseException:
+        for cleanup in reversed(cleanups):
+            cleanup()
+        raise
+    finally:
+        gc.enable()
+    for cleanup in cleanups:
+        config.add_cleanup(cleanup)
+    config.stash[CONFIG] = resolved
+    os.environ[project.app_database_url_variable] = resolved.database_url
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """Installed (entry point or `-p`): guard and redirect before any conftest is imported.
+
+    An xdist worker resolves nothing (it takes the controller's result in pytest_configure;
+    its environment already holds the redirect); --help and --version do nothing here."""
+    config = early_config
+    namespace = config.known_args_namespace
+    if os.environ.get("PYTEST_XDIST_WORKER") or namespace.help or namespace.version:
+        return
+    config.stash[EARLY] = True
+    try:
+        project = _find_project(config)
+        if project is None:
+            return
+        config.stash[PROJECT] = project
+        args = _early_args(config)
+        if not selects_guarded(
+            project, namespace.markexpr or "", args, config.invocation_params.dir
+        ):
+            return
+        _check_pytest_settings(config, project)
+        _resolve_guarded(config, project)
+    except ProjectConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    except _Refusal as refusal:
+        if refusal.code == pytest.ExitCode.INTERRUPTED:
+            sys.stderr.write(f"{refusal}\n")
+            raise SystemExit(int(refusal.code)) from None
+        raise pytest.UsageError(str(refusal)) from None
+
+
+class _XdistController:
+    """Hands the controller's resolved configuration to each worker: they never resolve."""
+
+    def __init__(self, resolved: HarnessConfig) -> None:
+        self.resolved = resolved
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput[WORKER_INPUT_KEY] = self.resolved.to_json()
+
+
+def _register_fixtures(config: pytest.Config, project: Project) -> None:
+    from . import faults, fixtures
+    from .adapter import AdapterError, load_adapter
+
+    config.pluginmanager.register(fixtures, "harness-fixtures")
+    config.pluginmanager.register(faults, "harness-faults")
+    if project.uses_s3:
+        from . import s3_fixtures
+
+        config.pluginmanager.register(s3_fixtures, "harness-s3-fixtures")
+    try:
+        adapter = load_adapter(project)
+    except AdapterError as exc:
+        raise _Refusal(exc) from None
+    config.stash[ADAPTER] = adapter
+    config.pluginmanager.register(adapter.module, "harness-app-adapter")
+
+
+def _skip_the_final_collection() -> None:
+    """At exit, after pytest's own last collection (which reports unraisable exceptions): the
+    app stack leaves ~200k objects, and the interpreter's shutdown would walk them all once
+    more (0.35 s of every run, measured here). gc.freeze() takes them out of that walk;
+    Python never promised __del__ at exit, and what pytest wrote is flushed and closed."""
+    gc.freeze()
+
+
+def _conftests_imported_early(config: pytest.Config, project: Project) -> list[str]:
+    """The guarded paths' conftest modules that pytest imported before this plugin could
+    redirect the app's database variable (copy mode, or autoloading disabled)."""
+    found = []
+    for plugin in config.pluginmanager.get_plugins():
+        path = getattr(plugin, "__file__", None)
+        if path and Path(path).name == "conftest.py" and _inside_guarded(project, Path(path)):
+            found.append(str(path))
+    return sorted(found)
+
+
+def _inside_guarded(project: Project, path: Path) -> bool:
+    path = path.resolve()
+    return any(path == guarded or guarded in path.parents for guarded in project.guarded_paths)
+
+
+def _refuse_conftests_imported_early(config: pytest.Config, project: Project) -> None:
+    early = _conftests_imported_early(config, project)
+    if early:
+        raise _Refusal(
+            "the harness was loaded after these conftests of the guarded paths were imported: "
+            + ", ".join(early)
+            + f"\n  They could have read {project.app_database_url_variable} (your real database) "
+            "before the harness pointed it at the test database, so no test runs.\n"
+            f"  fix:  load the harness before any conftest: install pytest-realstack (its "
+            f"entry point does), or add `-p {PLUGIN_NAME}` to addopts in "
+            f"[tool.pytest.ini_options] (copy mode, or PYTEST_DISABLE_PLUGIN_AUTOLOAD=1)"
+        )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
+    try:
+        _configure(config)
+    except ProjectConfigError as exc:
+        pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
+    except _Refusal as refusal:
+        pytest.exit(str(refusal), returncode=refusal.code)
+
+
+def _requested_explicitly(config: pytest.Config) -> bool:
+    """True when a conftest's `pytest_plugins` or a `-p` names this plugin (not only the entry
+    point, which loads it in every run of the environment, harness project or not)."""
+    if PLUGIN_NAME in (config.known_args_namespace.plugins or []):
+        return True
+    return any(
+        PLUGIN_NAME in (getattr(plugin, "pytest_plugins", None) or ())
+        for plugin in config.pluginmanager.get_plugins()
+        if str(getattr(plugin, "__file__", None) or "").endswith("conftest.py")
+    )
+
+
+def _configure(config: pytest.Config) -> None:
+    workerinput = getattr(config, "workerinput", None)
+    project = config.stash.get(PROJECT, None) or _find_project(config)
+    if project is None:
+        if _requested_explicitly(config):
+            find_pyproject(config.rootpath)  # raises, naming the table to add
+        return
+    config.stash[PROJECT] = project
+    if CONFIG not in config.stash:
+        if workerinput is not None:
+            if WORKER_INPUT_KEY not in workerinput:
+                return  # the controller's run selects no guarded path
+            from_controller = HarnessConfig.from_json(project, workerinput[WORKER_INPUT_KEY])
+            config.stash[CONFIG] = from_controller
+            os.environ[project.app_database_url_variable] = from_controller.database_url
+        elif not config.stash.get(EARLY, False):
+            # Loaded too late for the early hook: copy mode, or plugin autoloading disabled.
+            if config.option.help or config.option.version:
+                return
+            markexpr = config.getoption("markexpr", "") or ""
+            if not selects_guarded(project, markexpr, config.args, config.invocation_params.dir):
+                return
+            _refuse_conftests_imported_early(config, project)
+            _check_pytest_settings(config, project)
+            _resolve_guarded(config, project)
+    resolved = config.stash.get(CONFIG, None)
+    if resolved is None:
+        return
+    if workerinput is None and config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistController(resolved), "harness-xdist")
+    atexit.register(_skip_the_final_collection)
+    gc.disable()
+    try:
+        _register_fixtures(config, project)
+    finally:
+        gc.enable()
+
+
+def _add_after_test_checks(item: pytest.Item) -> None:
+    """Give a test that uses the run's database or bucket its after-test checks, first in its
+    fixtures so they are set up before and torn down after all the others (fixtures.py,
+    _after_db_test; s3_fixtures.py, _after_s3_test). Tests that use neither pay nothing."""
+    names: list[str] | None = getattr(item, "fixturenames", None)
+    if names is None:
+        return
+    if "_run_store" in names:
+        after = "_after_db_test"
+    elif "_run_bucket" in names:
+        after = "_after_s3_test"
+    else:
+        return
+    if names[:1] != [after]:  # parametrized tests share one list
+        if after in names:
+            names.remove(after)
+        names.insert(0, after)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    project = config.stash.get(PROJECT, None)
+    resolved = config.stash.get(CONFIG, None)
+    if project is None or resolved is None:
+        return
+    for item in items:
+        _add_after_test_checks(item)
+        if project.is_guarded(item.path):
+            item.add_marker(pytest.mark.integration)
+            if item.get_closest_marker("timeout") is None:
+                # pytest-timeout's signal method fails the test where it hangs and lets the
+                # teardown (and the rest of the run) go on; its thread method would end the run.
+                item.add_marker(pytest.mark.timeout(resolved.test_timeout_s, method="signal"))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Every module the run needs is imported by now: ~200k objects (the app stack, the
+    tests) that live until the end. gc.freeze() moves them out of the collector's way, so
+    Python's full collections during the run, and pytest's last one at the end, walk only
+    what the tests create (0.1 s per full collection here). Garbage the tests make is still
+    collected, and still reported by pytest's unraisable-exception check."""
+    if CONFIG in session.config.stash:
+        gc.freeze()
+
+
+def _where_async_tests_hang(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
+    """The awaits the event loop's tasks were stuck in when pytest-timeout fired: for an async
+    test its traceback ends in the loop's selector, not in the test."""
+    import asyncio
+    import traceback
+
+    loops = {
+        id(loop): loop
+        for frame, _ in traceback.walk_tb(excinfo.tb)
+        if isinstance(loop := frame.f_locals.get("self"), asyncio.AbstractEventLoop)
+    }
+    stacks = []
+    for loop in loops.values():
+        for task in asyncio.all_tasks(loop):
+            frames, awaited = [], cast(object, task.get_coro())
+            while (frame := getattr(awaited, "cr_frame", None)) is not None:
+                frames.append((frame, frame.f_lineno))
+                awaited = getattr(awaited, "cr_await", None)
+            stacks.append("".join(traceback.StackSummary.extract(frames).format()))
+    return "\n".join(stacks)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A lock wait that gave up gets an explanation in the test's report: why, and the fix;
+    an async test stopped by pytest-timeout, the await where it hung."""
+    report = yield
+    if call.excinfo is not None and CONFIG in item.config.stash:
+        from .janitor import TEST_LOCK_TIMEOUT
+        from .leaks import is_lock_timeout, lock_timeout_explanation
+
+        if is_lock_timeout(call.excinfo.value):
+            report.sections.append(
+                ("harness: lock timeout", lock_timeout_explanation(TEST_LOCK_TIMEOUT))
+            )
+        if str(call.excinfo.value).startswith("Timeout (>"):
+            where = _where_async_tests_hang(call.excinfo)
+            if where:
+                report.sections.append(("harness: where the test hung", where))
+    return report

@@ -1,0 +1,55 @@
+"""Where the services are, from the first source that names them: the embedded launcher's
+ready file, explicit variables (tox-docker, you), warm services (their services file), or embedded
+services started in this process. Used by the pytest plugin and by tools beside it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from . import contract
+from .config import HarnessConfig, embedded_settings, resolve_config
+from .project import Project, find_pyproject, load_project
+
+
+def find_services(
+    project: Project,
+    env: Mapping[str, str],
+    *,
+    add_cleanup: Callable[[Callable[[], None]], None] | None = None,
+    before_wait: Callable[[], None] | None = None,
+) -> dict[str, str]:
+    """The service variables to merge over `env`; {} when `env` names them already (or
+    nothing does: the guard then says what to set). `before_wait` runs while a launcher's
+    servers boot; `add_cleanup` receives the stop of servers started here."""
+    settings = embedded_settings(project, env)
+    if env.get(project.ready_file_variable, "").strip():
+        from .embedded.readiness import wait_for_services
+
+        if before_wait:
+            before_wait()
+        return wait_for_services(settings, env)
+    if contract.TEST_DATABASE_URL.get(env, project) or contract.POSTGRES_PORT.get(env, project):
+        return {}
+    from .embedded.warm import load_warm_services
+
+    warm = load_warm_services(settings)
+    if warm:
+        return warm
+    if add_cleanup is not None and contract.TEST_EMBEDDED_SERVICES.get(env, project):
+        from .embedded.launcher import start_embedded_services
+
+        running = start_embedded_services(settings)
+        add_cleanup(running.stop)
+        return dict(running.env)
+    return {}
+
+
+def resolve_for_tool(start: Path | None = None) -> HarnessConfig:
+    """For commands beside pytest (make dev, load scripts, benchmarks): the project found from
+    `start` (default: the current directory), its services, guarded like a test run."""
+    project = load_project(find_pyproject(start or Path.cwd()))
+    env = dict(os.environ)
+    env |= find_services(project, env)
+    return resolve_config(project, env)

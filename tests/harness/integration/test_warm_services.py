@@ -1,0 +1,239 @@
+"""Warm reuse: `up` keeps services for later runs, `down` stops them; and `clean` removes
+what dead runs left, for a sample project written to a temp dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from realstack.embedded.launcher import embedded_services
+from realstack.embedded.rundir import STATE_FILE, RunState, proc_start_time
+from realstack.embedded.warm import ServicesFile, StaleServicesError, load_warm_services
+from realstack.project import Project
+
+from tests.harness.helpers import write_project
+
+from .embedded_support import (
+    PACKAGE,
+    cli_env,
+    runs_in,
+    settings_for,
+)
+
+NEVER_ALIVE_PID = 2**22 + 1
+
+
+def _cli(project: Project, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", PACKAGE, *args],
+        cwd=project.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _write_services_file(path: Path, variables: dict[str, str], pid: int = NEVER_ALIVE_PID) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"format": 1, "supervisor": {"pid": pid, "started": 1}, "variables": variables}
+    path.write_text(json.dumps(document))
+
+
+def _answers(port: str) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("services", [("postgres", "s3"), ("postgres",)], ids=["pg+s3", "pg"])
+def test_services_up_outlives_its_command_and_services_down_stops_them(
+    tmp_path: Path, run_base: Path, cache_dir: Path, services: tuple[str, ...]
+) -> None:
+    project = write_project(tmp_path / "sample", services)
+    settings = settings_for(project, run_base, cache_dir)
+    env = cli_env(run_base, cache_dir)
+    try:
+        up = _cli(project, env, "up")
+        assert up.returncode == 0, up.stdout + up.stderr
+
+        before = dict(os.environ)
+        warm = load_warm_services(settings)
+        assert dict(os.environ) == before  # it returns the values, it does not apply them
+        assert warm is not None
+        assert _answers(warm["POSTGRES_PORT"])
+        assert ("MINIO_PORT" in warm) == project.uses_s3
+        assert not project.uses_s3 or _answers(warm["MINIO_PORT"])
+        published = ServicesFile.read(settings.services_file)
+        assert published is not None and published.supervisor is not None
+        assert settings.services_file.parent == run_base  # not in the project's checkout
+        assert json.loads(settings.services_file.read_text())["project"] == str(project.root)
+        supervisor = published.supervisor[0]
+
+        down = _cli(project, env, "down")
+
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert not settings.services_file.exists()
+        assert proc_start_time(supervisor) is None
+        assert not _answers(warm["POSTGRES_PORT"])
+        assert runs_in(run_base) == []
+    finally:
+        if settings.services_file.exists():
+            _cli(project, env, "down")
+
+
+PRINT_PORT = "import os; print('port', os.environ['POSTGRES_PORT'])"
+
+
+def test_run_uses_the_warm_services_and_leaves_them_running(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    project = write_project(tmp_path / "sample", ("postgres",))
+    env = cli_env(run_base, cache_dir)
+    try:
+        assert _cli(project, env, "up").returncode == 0
+        warm = load_warm_services(settings_for(project, run_base, cache_dir))
+        assert warm is not None
+        runs_before = runs_in(run_base)
+
+        ran = _cli(project, env, "run", "--after-ready", "--", sys.executable, "-c", PRINT_PORT)
+
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert ran.stdout.split() == ["port", warm["POSTGRES_PORT"]]
+        assert "using the warm services" in ran.stderr and " down` stops them" in ran.stderr
+        assert "ready at" not in ran.stderr  # no server of its own was started
+        assert runs_in(run_base) == runs_before
+        assert _answers(warm["POSTGRES_PORT"])  # still up for the next run
+    finally:
+        _cli(project, env, "down")
+
+
+def test_run_with_a_stale_services_file_says_so_and_starts_its_own(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    project = write_project(tmp_path / "sample", ("postgres",))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    _write_services_file(
+        settings_for(project, run_base, cache_dir).services_file,
+        {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(closed_port)},
+    )
+
+    ran = _cli(
+        project,
+        cli_env(run_base, cache_dir),
+        "run",
+        "--after-ready",
+        "--",
+        sys.executable,
+        "-c",
+        PRINT_PORT,
+    )
+
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "not running" in ran.stderr and "starts services of its own" in ran.stderr
+    assert ran.stdout.split()[0] == "port" and ran.stdout.split()[1] != str(closed_port)
+    assert runs_in(run_base) == []
+
+
+def test_a_file_naming_dead_services_is_reported_with_the_fix(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    settings = settings_for(write_project(tmp_path / "sample"), run_base, cache_dir)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    _write_services_file(
+        settings.services_file,
+        {
+            "POSTGRES_HOST": "127.0.0.1",
+            "POSTGRES_PORT": str(closed_port),
+            "MINIO_HOST": "127.0.0.1",
+            "MINIO_PORT": str(closed_port),
+        },
+    )
+
+    with pytest.raises(StaleServicesError) as stale:
+        load_warm_services(settings)
+
+    message = str(stale.value)
+    assert "not running" in message and f"POSTGRES_PORT={closed_port}" in message
+    assert f"python -m {PACKAGE} up" in message
+    assert f"python -m {PACKAGE} down" in message
+
+
+@pytest.mark.parametrize("content", [b"\x00\xff binary", b"export POSTGRES_PORT=1\n", b"[1, 2]"])
+def test_a_services_file_that_is_not_ours_is_named_with_the_fix(
+    tmp_path: Path, run_base: Path, cache_dir: Path, content: bytes
+) -> None:
+    settings = settings_for(write_project(tmp_path / "sample"), run_base, cache_dir)
+    settings.services_file.parent.mkdir(parents=True, exist_ok=True)
+    settings.services_file.write_bytes(content)
+
+    with pytest.raises(StaleServicesError) as stale:
+        load_warm_services(settings)
+
+    assert str(settings.services_file) in str(stale.value)
+    assert "fix:" in str(stale.value) and "services-down" in str(stale.value)
+
+
+def test_only_the_known_variables_are_read_from_the_services_file(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    settings = settings_for(write_project(tmp_path / "sample", ("postgres",)), run_base, cache_dir)
+    _write_services_file(
+        settings.services_file,
+        {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "1", "LD_PRELOAD": "/tmp/evil.so"},
+    )
+
+    published = ServicesFile.read(settings.services_file)
+
+    assert published is not None
+    assert published.variables == {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "1"}
+
+
+def test_no_file_means_no_warm_services(tmp_path: Path, run_base: Path, cache_dir: Path) -> None:
+    project = write_project(tmp_path / "sample")
+    assert load_warm_services(settings_for(project, run_base, cache_dir)) is None
+
+
+def test_clean_removes_dead_runs_keeps_live_ones_and_needs_no_boto3_without_s3(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    project = write_project(tmp_path / "pg-only", ("postgres",))
+    check = (
+        "import sys\n"
+        f"from {PACKAGE}.__main__ import main\n"
+        "code = main(['clean'])\n"
+        "assert 'boto3' not in sys.modules and 'botocore' not in sys.modules, 'boto3 imported'\n"
+        "sys.exit(code)\n"
+    )
+
+    with embedded_services(settings_for(project, run_base, cache_dir)) as running:
+        dead = run_base / "run-dead"  # made now: starting the services swept the base
+        dead.mkdir()
+        (dead / STATE_FILE).write_text(RunState(NEVER_ALIVE_PID, 1).dump())
+        env = cli_env(run_base, cache_dir) | running.env
+        cleaned = subprocess.run(
+            [sys.executable, "-c", check],
+            cwd=project.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert runs_in(run_base) == [running.run.path]  # the live run is left alone
+        assert not dead.exists()
+
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    assert f"removed embedded run directory {dead}" in cleaned.stdout

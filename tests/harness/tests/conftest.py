@@ -1,3 +1,0 @@
-"""The harness's own tier loads the harness like any project does."""
-
-pytest_plugins = ["tests.harness.plugin"]

@@ -1,0 +1,100 @@
+"""The template fingerprint (templates.fingerprint): one per schema source, so a run reuses a
+template exactly when its migrations, Alembic config, models and PostgreSQL major are the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from realstack.project import Project, load_project
+from realstack.templates import fingerprint, template_prefix
+from sqlalchemy import MetaData
+
+from tests.harness.helpers import (
+    with_extra_column,
+    write_migrations_project,
+    write_project,
+)
+from tests.harness.sample.models import Base
+
+PG18 = 180001
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return write_migrations_project(tmp_path / "a", "tmplcheck")
+
+
+def fp(project: Project, metadata: MetaData = Base.metadata, version: int = PG18) -> str:
+    return fingerprint(project, metadata, version)
+
+
+def test_the_same_source_gives_the_same_fingerprint_in_any_checkout(
+    project: Project, tmp_path: Path
+) -> None:
+    elsewhere = write_migrations_project(tmp_path / "b" / "checkout", "tmplcheck")
+
+    assert fp(project) == fp(project) == fp(elsewhere)
+    assert len(fp(project)) == 16 and int(fp(project), 16) >= 0
+    assert template_prefix(project) == "tmpl_tmplcheck_"
+
+
+def test_it_changes_when_a_migration_is_edited_or_added(project: Project) -> None:
+    before = fp(project)
+    versions = project.root / "migrations" / "versions"
+    first = versions / "0001_notes.py"
+    first.write_text(first.read_text() + "\n# an edit\n")
+    edited = fp(project)
+    (versions / "0002_more.py").write_text('revision = "0002"\ndown_revision = "0001"\n')
+
+    assert len({before, edited, fp(project)}) == 3
+
+
+def test_it_ignores_bytecode_caches(project: Project) -> None:
+    before = fp(project)
+    cache = project.root / "migrations" / "versions" / "__pycache__"
+    cache.mkdir()
+    (cache / "0001_notes.cpython-311.pyc").write_bytes(b"\x00bytecode")
+    (project.root / "migrations" / "stray.pyc").write_bytes(b"\x00bytecode")
+
+    assert fp(project) == before
+
+
+def test_it_changes_with_the_alembic_ini(project: Project) -> None:
+    before = fp(project)
+    config = project.alembic_config
+    config.write_text(config.read_text().replace("level = WARNING", "level = INFO"))
+
+    assert fp(project) != before
+
+
+def test_with_a_pyproject_config_only_its_alembic_table_counts(tmp_path: Path) -> None:
+    root = write_migrations_project(tmp_path / "toml", "tmplcheck").root  # its migrations/
+    pyproject = write_project(root, ("postgres",), name="tmplcheck").root / "pyproject.toml"
+    table = '[tool.alembic]\nscript_location = "%(here)s/migrations"\n'
+    pyproject.write_text(f"{pyproject.read_text()}\n{table}")
+    project = load_project(pyproject)
+    before = fp(project)
+    pyproject.write_text(f"{pyproject.read_text()}\n[tool.other]\nkey = 1\n")
+    unrelated = fp(project)
+    pyproject.write_text(pyproject.read_text().replace(table, f'{table}path_separator = "os"\n'))
+
+    assert project.alembic_config == pyproject
+    assert unrelated == before
+    assert fp(project) != before
+
+
+def test_it_changes_when_a_model_changes(project: Project) -> None:
+    assert fp(project, with_extra_column(Base.metadata)) != fp(project)
+    assert fp(project, MetaData()) != fp(project)
+
+
+def test_it_changes_with_the_postgresql_major_only(project: Project) -> None:
+    assert fp(project, version=180001) == fp(project, version=180006)
+    assert fp(project, version=170005) != fp(project, version=180001)
+
+
+def test_another_project_with_the_same_source_has_its_own(project: Project, tmp_path: Path) -> None:
+    other = write_migrations_project(tmp_path / "other", "tmplother")
+
+    assert fp(other) != fp(project)
