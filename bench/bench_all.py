@@ -82,11 +82,15 @@ def machine() -> dict[str, Any]:
     }
 
 
-def start_seconds(settings: EmbeddedSettings, runs: int, *, use_template: bool = True) -> float:
+def start_seconds(
+    settings: EmbeddedSettings, runs: int, *, use_cached_cluster: bool = True
+) -> float:
     samples = []
     for _ in range(runs):
         started = time.perf_counter()
-        running = start_embedded_services(settings, use_template=use_template, report=None)
+        running = start_embedded_services(
+            settings, use_cached_cluster=use_cached_cluster, report=None
+        )
         samples.append(time.perf_counter() - started)
         running.stop()
     return statistics.median(samples)
@@ -111,13 +115,13 @@ def measure() -> tuple[dict[str, float], dict[str, Any]]:
     )
     step(f"services start, cold and from the template (median of {RUNS})")
     start_embedded_services(settings, report=None).stop()  # builds or warms the template cache
-    figures["services_cold_start_s"] = start_seconds(settings, RUNS, use_template=False)
+    figures["services_cold_start_s"] = start_seconds(settings, RUNS, use_cached_cluster=False)
     figures["services_template_start_s"] = start_seconds(settings, RUNS)
 
     # A cold cluster (initdb), not a copy of the launcher's cached one: it holds no migrated
     # template yet, so the bench times their builds, and it is never saved back into the cache,
     # so the generated chain's template cannot end up in everyone's cached cluster.
-    with embedded_services(settings, use_template=False, report=None) as running:
+    with embedded_services(settings, use_cached_cluster=False, report=None) as running:
         # Only the launcher's variables: a TEST_DATABASE_URL of yours is not the bench's target.
         config = resolve_config(project, running.env)
         step(f"per-run setup, {CHAIN_REVISIONS} generated migrations (median of {SETUP_RUNS})")

@@ -36,7 +36,8 @@ from realstack import (
     load_project,
     resolve_config,
 )
-from realstack.isolation import committing_session, create_test_engine, savepoint_session
+from realstack.engines import create_test_engine
+from realstack.isolation import committing_session, savepoint_session
 from realstack.janitor import SchemaJanitor
 from realstack.migrations import migrate
 from realstack.stamps import RunNames

@@ -32,7 +32,7 @@ RUNS = 5
 class Scenario:
     name: str
     settings: EmbeddedSettings
-    use_template: bool = True
+    use_cached_cluster: bool = True
 
 
 def scenarios() -> list[Scenario]:
@@ -42,17 +42,21 @@ def scenarios() -> list[Scenario]:
         replace(project, services=frozenset({"postgres"})), os.environ
     )
     return [
-        Scenario("postgres only, cold (initdb, no template)", postgres_only, use_template=False),
-        Scenario("postgres only, from the cached template", postgres_only),
-        Scenario("both in parallel (template)", both),
-        Scenario("both in parallel (cold initdb)", both, use_template=False),
+        Scenario(
+            "postgres only, cold (initdb, no cached cluster)",
+            postgres_only,
+            use_cached_cluster=False,
+        ),
+        Scenario("postgres only, from the cached cluster", postgres_only),
+        Scenario("both in parallel (cached cluster)", both),
+        Scenario("both in parallel (cold initdb)", both, use_cached_cluster=False),
     ]
 
 
 def time_start(scenario: Scenario) -> tuple[float, float]:
     started = time.perf_counter()
     running = start_embedded_services(
-        scenario.settings, use_template=scenario.use_template, report=None
+        scenario.settings, use_cached_cluster=scenario.use_cached_cluster, report=None
     )
     ready = time.perf_counter() - started
     started = time.perf_counter()

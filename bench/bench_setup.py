@@ -53,8 +53,8 @@ from realstack import (
     load_project,
     resolve_config,
 )
-from realstack.isolation import create_test_engine
-from realstack.janitor import autocommit_engine, run_store
+from realstack.engines import autocommit_engine, create_test_engine
+from realstack.janitor import run_store
 from realstack.migrations import drift, migrate
 from realstack.stamps import RunNames
 from realstack.templates import ensure_template, fingerprint, template_prefix
@@ -508,7 +508,7 @@ def main() -> list[SetupResult]:
 
     # Cold (initdb): no cached templates in it, and never saved back into the launcher's cache.
     settings = embedded_settings(project, env)
-    with embedded_services(settings, use_template=False, report=None) as running:
+    with embedded_services(settings, use_cached_cluster=False, report=None) as running:
         return asyncio.run(_both(resolve_config(project, running.env)))
 
 

@@ -1,5 +1,5 @@
 """Shared helpers of docstore's tests: one home each for creating documents, counting what is
-stored, bearer headers, and watching processes through /proc.
+stored, bearer headers, and watching processes (psutil).
 
 Imported by the app's tests (tests/integration/) and by the benchmarks (bench/); the harness
 core never imports it.
@@ -7,14 +7,13 @@ core never imports it.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-from realstack import object_keys
+import psutil
+from realstack import apoll_until, object_keys, poll_until
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,7 +27,6 @@ __all__ = [
     "create_document",
     "eventually",
     "object_keys",
-    "proc_stat",
     "proc_status_kb",
     "upload",
     "wait_until",
@@ -83,38 +81,32 @@ async def count_rows(session: AsyncSession, model: type[Any] = Document) -> int:
 # object_keys(s3_client, bucket) is re-exported from the harness: the keys in a bucket.
 
 
-# ---------------------------------------------------------------- processes, through /proc
-
-
-def proc_stat(pid: int) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command name (state, ppid, ...), or None
-    when the process is gone. The name may hold spaces and parentheses: split after the
-    last ')'."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()
+# ---------------------------------------------------------------- processes (psutil)
 
 
 def children_of(parent: int) -> set[int]:
     """The pids whose parent is `parent` (a postmaster's backends and auxiliary processes)."""
-    children = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = proc_stat(int(entry.name))
-            if fields is not None and int(fields[1]) == parent:
-                children.add(int(entry.name))
-    return children
+    try:
+        return {child.pid for child in psutil.Process(parent).children()}
+    except psutil.NoSuchProcess:
+        return set()
 
 
 def alive(pids: set[int]) -> set[int]:
     """The pids that still run (a zombie waiting to be reaped does not count)."""
-    return {pid for pid in pids if (fields := proc_stat(pid)) is not None and fields[0] != "Z"}
+    running = set()
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                running.add(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return running
 
 
 def proc_status_kb(pid: int, field: str) -> int:
-    """A kB figure of /proc/<pid>/status, e.g. VmRSS (now) or VmHWM (the peak)."""
+    """A kB figure of /proc/<pid>/status, e.g. VmRSS (now) or VmHWM (the peak, which psutil
+    does not give)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
@@ -123,19 +115,13 @@ def proc_status_kb(pid: int, field: str) -> int:
 
 def wait_until(condition: Callable[[], bool], deadline_s: float, what: str) -> None:
     """Poll `condition` until it holds; AssertionError naming `what` at the deadline."""
-    end = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} did not happen within {deadline_s} s")
-        time.sleep(0.02)
+    if not poll_until(condition, timeout_s=deadline_s, interval_s=0.02):
+        raise AssertionError(f"{what} did not happen within {deadline_s} s")
 
 
 async def eventually(
     condition: Callable[[], Awaitable[bool]], deadline_s: float, what: str
 ) -> None:
     """Await `condition` until it holds; AssertionError naming `what` at the deadline."""
-    end = time.monotonic() + deadline_s
-    while not await condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} did not happen within {deadline_s} s")
-        await asyncio.sleep(0.05)  # poll interval of a condition with a deadline
+    if not await apoll_until(condition, timeout_s=deadline_s):
+        raise AssertionError(f"{what} did not happen within {deadline_s} s")

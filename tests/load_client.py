@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from realstack import die_with_parent, free_port, object_keys
+from realstack import apoll_until, die_with_parent, free_port, object_keys
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.pool import NullPool
@@ -160,25 +160,25 @@ async def serve(
 async def _wait_healthy(
     proc: subprocess.Popen[bytes], base_url: str, timeout_s: float, log_tail: Callable[[], str]
 ) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = "no answer yet"
+    last = ["no answer yet"]
     async with httpx.AsyncClient(base_url=base_url, timeout=2.0) as client:
-        while True:
+
+        async def healthy() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"uvicorn exited with {proc.returncode}:\n{log_tail()}")
             try:
                 response = await client.get("/health")
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text[:200]}"
             except httpx.TransportError as exc:
-                last = type(exc).__name__
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"uvicorn at {base_url} not healthy within {timeout_s} s "
-                    f"(last: {last}):\n{log_tail()}"
-                )
-            await asyncio.sleep(0.05)  # poll interval of a condition with a deadline
+                last[0] = type(exc).__name__
+                return False
+            last[0] = f"{response.status_code} {response.text[:200]}"
+            return response.status_code == 200
+
+        if not await apoll_until(healthy, timeout_s=timeout_s):
+            raise RuntimeError(
+                f"uvicorn at {base_url} not healthy within {timeout_s} s "
+                f"(last: {last[0]}):\n{log_tail()}"
+            )
 
 
 async def run_load(
@@ -252,12 +252,14 @@ async def verify(report: LoadReport, settings: Settings, settle_s: float = 30.0)
     """Count the rows of the load's database and the objects of its bucket into the report;
     first wait (up to `settle_s`) until they agree: the service notices hung-up uploads and
     deletes what they stored a moment after they hang up."""
-    deadline = time.monotonic() + settle_s
-    while True:
+
+    async def settled() -> StoredKeys | None:
         stored = await stored_keys(settings)
-        if stored.consistent or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.1)  # poll interval of a condition with a deadline
+        return stored if stored.consistent else None
+
+    stored = await apoll_until(settled, timeout_s=settle_s, interval_s=0.1) or await stored_keys(
+        settings
+    )
     report.rows, report.objects = len(stored.rows), len(stored.objects)
     return report
 

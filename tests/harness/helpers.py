@@ -12,9 +12,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from realstack.isolation import create_test_engine
+from realstack.engines import create_test_engine
+from realstack.engines import database_url as url_with_database
 from realstack.janitor import DatabaseJanitor, SchemaJanitor, stamp_schema
-from realstack.janitor import database_url as url_with_database
 from realstack.project import Project, load_project
 from realstack.stamps import RunNames, Stamp
 from sqlalchemy import Column, Integer, MetaData, text
@@ -27,6 +27,16 @@ def dead_pid() -> int:
     probe = subprocess.Popen([sys.executable, "-c", "pass"])
     probe.wait()
     return probe.pid
+
+
+def make_run_dir(base: Path, name: str, owner_pid: int, owner_start: float) -> Path:
+    """A launcher's run directory under `base` whose state file names this owner."""
+    from realstack.embedded.rundir import STATE_FILE, RunState
+
+    run = base / name
+    run.mkdir()
+    (run / STATE_FILE).write_text(RunState(owner_pid, owner_start).dump())
+    return run
 
 
 def names_for(run_names: RunNames, label: str) -> RunNames:

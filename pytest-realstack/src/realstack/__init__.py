@@ -38,8 +38,10 @@ _HOMES = {
     "start_embedded_services": "embedded.launcher",
     "embedded_services": "embedded.launcher",
     "load_warm_services": "embedded.warm",
-    "free_port": "embedded.procs",
-    "die_with_parent": "embedded.procs",
+    "free_port": "process",
+    "poll_until": "process",
+    "apoll_until": "process",
+    "die_with_parent": "process",
 }
 # Public modules: `contract` is the table of every variable the harness reads.
 _MODULES = ("contract",)
@@ -55,6 +57,7 @@ __all__ = [
     "S3Target",
     "ServerFaults",
     "__version__",
+    "apoll_until",
     "asgi_client",
     "contract",
     "die_with_parent",
@@ -66,6 +69,7 @@ __all__ = [
     "load_project",
     "load_warm_services",
     "object_keys",
+    "poll_until",
     "resolve_config",
     "resolve_for_tool",
     "sandbox",
@@ -85,10 +89,10 @@ if TYPE_CHECKING:
     )
     from .contract import ContractError, S3Target
     from .embedded.launcher import embedded_services, start_embedded_services
-    from .embedded.procs import die_with_parent, free_port
     from .embedded.warm import load_warm_services
     from .faults import ServerFaults
     from .guard import GuardError
+    from .process import apoll_until, die_with_parent, free_port, poll_until
     from .project import Project, ProjectConfigError, find_pyproject, load_project
     from .sandbox import sandbox
     from .sources import find_services, resolve_for_tool

@@ -63,7 +63,7 @@ def resolve_config(
     """Resolve and guard the targets; raises guard.GuardError or contract.ContractError."""
     global resolutions
     resolutions += 1
-    allowed = contract.TEST_ALLOWED_HOSTS.get(env, project) or frozenset()
+    allowed = contract.TEST_ALLOWED_HOSTS.value(env, project)
     database = contract.resolve_database(project, env)
     database_url = guard.check_database_target(project, database, allowed, env)
     s3 = None
@@ -76,9 +76,9 @@ def resolve_config(
         s3=s3,
         run_id=run_id or env.get(project.run_id_variable, "").strip() or new_run_id(),
         explicit_database=database.source == contract.TEST_DATABASE_URL.name,
-        keep_on_failure=bool(contract.TEST_KEEP_ON_FAILURE.get(env, project)),
-        allow_user_tables=bool(contract.TEST_ALLOW_USER_TABLES.get(env, project)),
-        test_timeout_s=contract.TEST_TIMEOUT.get(env, project) or 60.0,
+        keep_on_failure=contract.TEST_KEEP_ON_FAILURE.value(env, project),
+        allow_user_tables=contract.TEST_ALLOW_USER_TABLES.value(env, project),
+        test_timeout_s=contract.TEST_TIMEOUT.value(env, project),
     )
 
 
@@ -117,7 +117,7 @@ def embedded_settings(project: Project, env: Mapping[str, str]) -> EmbeddedSetti
     """Raises contract.ContractError on a malformed variable."""
 
     def text(variable: contract.Variable[str]) -> str:
-        return variable.get(env, project) or ""
+        return variable.value(env, project)
 
     credentials = Credentials(
         pg_user=text(contract.POSTGRES_USER),
@@ -130,11 +130,11 @@ def embedded_settings(project: Project, env: Mapping[str, str]) -> EmbeddedSetti
     return EmbeddedSettings(
         project=project,
         credentials=credentials,
-        timeout_s=contract.TEST_SERVICES_TIMEOUT.get(env, project) or 30.0,
-        cache_dir=contract.TEST_HARNESS_CACHE_DIR.get(env, project) or Path(),
+        timeout_s=contract.TEST_SERVICES_TIMEOUT.value(env, project),
+        cache_dir=contract.TEST_HARNESS_CACHE_DIR.value(env, project),
         run_base=contract.TEST_HARNESS_RUN_BASE.get(env, project) or _default_run_base(project),
         pg_bindir=contract.PG_BINDIR.get(env, project),
-        keep_on_failure=bool(contract.TEST_KEEP_ON_FAILURE.get(env, project)),
+        keep_on_failure=contract.TEST_KEEP_ON_FAILURE.value(env, project),
     )
 
 
@@ -144,19 +144,15 @@ def service_variables(
     """The variables tox-docker and tox set_env would give, for servers on these ports."""
     creds = settings.credentials
     env = {
-        "POSTGRES_HOST": "127.0.0.1",
-        "POSTGRES_PORT": str(pg_port),
-        "POSTGRES_USER": creds.pg_user,
-        "POSTGRES_PASSWORD": creds.pg_password,
-        "POSTGRES_DB": creds.pg_database,
+        contract.POSTGRES_HOST.name: "127.0.0.1",
+        contract.POSTGRES_PORT.name: str(pg_port),
+        **contract.credential_variables(creds, with_s3=s3_port is not None),
     }
     if s3_port is not None:
         env |= {
-            "MINIO_HOST": "127.0.0.1",
-            "MINIO_PORT": str(s3_port),
-            "MINIO_ROOT_USER": creds.s3_access_key,
-            "MINIO_ROOT_PASSWORD": creds.s3_secret_key,
-            "S3_REGION": creds.s3_region,
+            contract.MINIO_HOST.name: "127.0.0.1",
+            contract.MINIO_PORT.name: str(s3_port),
+            contract.S3_REGION.name: creds.s3_region,
         }
     return env
 

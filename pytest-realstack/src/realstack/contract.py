@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 from urllib.parse import quote
 
-from .project import Project
+from .project import Credentials, Project
 
 T = TypeVar("T")
 
@@ -74,6 +74,7 @@ class Variable(Generic[T]):
         return self.default(project) if callable(self.default) else self.default
 
     def get(self, env: Mapping[str, str], project: Project) -> T | None:
+        """The parsed value, or the parsed default; None only when neither exists."""
         raw = self.raw(env, project)
         if raw is None:
             return None
@@ -82,6 +83,13 @@ class Variable(Generic[T]):
         except ValueError as exc:
             shown = "<hidden>" if self.secret else repr(raw)
             raise ContractError(f"{self.name}={shown} {exc}; fix: correct or unset it") from None
+
+    def value(self, env: Mapping[str, str], project: Project) -> T:
+        """The parsed value of a variable that has a default: never None."""
+        found = self.get(env, project)
+        if found is None:
+            raise TypeError(f"{self.name} has no default: use get()")
+        return found
 
 
 def _text(
@@ -191,7 +199,8 @@ TEST_TIMEOUT = Variable(
 TEST_HARNESS_CACHE_DIR = Variable(
     "TEST_HARNESS_CACHE_DIR",
     SetBy.USER,
-    "embedded path: where the initdb template (and, as root, a binaries copy) is cached",
+    "embedded path: where the cached cluster (an initdb'd data dir) and, as root, a copy of the "
+    "binaries live",
     Path,
     _cache_dir,
 )
@@ -235,6 +244,21 @@ S3_ONLY = frozenset(
     {"MINIO_HOST", "MINIO_PORT", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "S3_REGION"}
 )
 S3_ONLY |= {"TEST_S3_ENDPOINT_URL", "TEST_S3_ACCESS_KEY", "TEST_S3_SECRET_KEY"}
+
+
+def credential_variables(creds: Credentials, *, with_s3: bool) -> dict[str, str]:
+    """The test credentials as the variables tox set_env (and tox-docker's containers) read."""
+    env = {
+        POSTGRES_USER.name: creds.pg_user,
+        POSTGRES_PASSWORD.name: creds.pg_password,
+        POSTGRES_DB.name: creds.pg_database,
+    }
+    if with_s3:
+        env |= {
+            MINIO_ROOT_USER.name: creds.s3_access_key,
+            MINIO_ROOT_PASSWORD.name: creds.s3_secret_key,
+        }
+    return env
 
 
 def variables_for(project: Project) -> tuple[Variable[object], ...]:

@@ -20,10 +20,8 @@ import functools
 import os
 import re
 import shutil
-import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +30,19 @@ from urllib.parse import urlsplit
 import pytest
 
 from .config import HarnessConfig, embedded_settings
-from .embedded.procs import signal_tree
 from .embedded.readiness import ready_file_of
-from .embedded.rundir import STATE_FILE, RunState, proc_cmdline, proc_start_time
+from .embedded.rundir import STATE_FILE, RunState
+from .process import (
+    can_watch_sockets,
+    cmdline,
+    is_same_process,
+    pause_tree,
+    poll_until,
+    queued_sockets,
+    resume_tree,
+)
+from .services import kinds_of
 
-SERVICES = ("postgres", "s3")
-# The program each embedded service runs (rundir.Child.program), as the launcher records it.
-EMBEDDED_PROGRAMS = {"postgres": "postgres", "s3": "weed"}
 DEFAULT_MAX_PAUSE_S = 30.0
 DRAIN_TIMEOUT_S = 10.0
 DOCKER_TIMEOUT_S = 15.0
@@ -47,8 +51,6 @@ UNDER_XDIST = (
     "pausing the run's servers would stall the other xdist workers' tests too: "
     "run the tests that pause servers without -n"
 )
-# /proc/net/tcp states: the server closed nothing yet although the client did.
-_CLOSE_WAIT = "08"
 
 
 class PauseUnavailableError(RuntimeError):
@@ -68,9 +70,10 @@ class Pausable:
     description: str  # e.g. "embedded postgres, process group 1234"
     pause: Callable[[], None] = field(repr=False)
     resume: Callable[[], None] = field(repr=False)
-    # Where its listening socket can be watched: /proc/<pid>/net of a process in its network
+    # Where its listening socket can be watched: a process in its network namespace (None:
+    # not visible from here), and the port it listens on there.
     # namespace, and the port it listens on there (None: not visible from here).
-    net: Path | None = Path("/proc/self/net")
+    net_pid: int | None = os.getpid()
     net_port: int = 0
 
 
@@ -89,7 +92,7 @@ def service_ports(config: HarnessConfig) -> dict[str, int]:
 
 def _serves_port(pid: int, port: int) -> bool:
     text = str(port)
-    return any(arg == text or arg.endswith("=" + text) for arg in proc_cmdline(pid))
+    return any(arg == text or arg.endswith("=" + text) for arg in cmdline(pid))
 
 
 def _run_dirs(config: HarnessConfig, env: Mapping[str, str]) -> list[Path]:
@@ -108,6 +111,8 @@ def embedded_servers(config: HarnessConfig, env: Mapping[str, str]) -> dict[str,
     live children recorded in a run directory's state file whose command line names the port
     and that lead their own process group."""
     ports = service_ports(config)
+    # The program each embedded service runs (rundir.Child.program), as the launcher records it.
+    embedded_programs = {kind.name: kind.embedded_program for kind in kinds_of(config.project)}
     found: dict[str, Pausable] = {}
     for run in _run_dirs(config, env):
         try:
@@ -115,11 +120,11 @@ def embedded_servers(config: HarnessConfig, env: Mapping[str, str]) -> dict[str,
         except (OSError, ValueError, KeyError, TypeError):
             continue
         for child in reversed(state.children):  # the newest entry is the live server
-            for service, program in EMBEDDED_PROGRAMS.items():
+            for service, program in embedded_programs.items():
                 port = ports.get(service)
                 if service in found or child.program != program or port is None:
                     continue
-                if proc_start_time(child.pid) != child.start or not _serves_port(child.pid, port):
+                if not is_same_process(child.pid, child.start) or not _serves_port(child.pid, port):
                     continue
                 with contextlib.suppress(OSError):
                     if os.getpgid(child.pid) != child.pid:
@@ -129,8 +134,8 @@ def embedded_servers(config: HarnessConfig, env: Mapping[str, str]) -> dict[str,
                         service,
                         port,
                         f"embedded {service}, process group {pgid}",
-                        pause=functools.partial(signal_tree, pgid, signal.SIGSTOP),
-                        resume=functools.partial(signal_tree, pgid, signal.SIGCONT),
+                        pause=functools.partial(pause_tree, pgid),
+                        resume=functools.partial(resume_tree, pgid),
                         net_port=port,
                     )
     return found
@@ -163,49 +168,34 @@ def docker_containers(config: HarnessConfig, env: Mapping[str, str]) -> dict[str
         for service, port in ports.items():
             if str(port) in inside and service not in found:
                 pid = _docker("inspect", "-f", "{{.State.Pid}}", container).strip()
-                net = Path(f"/proc/{pid}/net")
                 found[service] = Pausable(
                     service,
                     port,
                     f"docker container {container}",
                     pause=functools.partial(_docker_do, "pause", container),
                     resume=functools.partial(_docker_do, "unpause", container),
-                    net=net if local_daemon and os.access(net / "tcp", os.R_OK) else None,
+                    net_pid=int(pid) if local_daemon and can_watch_sockets(int(pid)) else None,
                     net_port=int(inside[str(port)]),
                 )
     return found
 
 
-def _queued_sockets(net: Path, port: int) -> int:
-    """Sockets on `port` holding what the server has not read yet: unread bytes, unaccepted
-    connections (a listening socket's rx_queue), or a client's close not yet answered."""
-    queued = 0
-    for table in ("tcp", "tcp6"):
-        try:
-            lines = (net / table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) != port:
-                continue
-            rx_queue = int(fields[4].split(":")[1], 16)
-            if rx_queue > 0 or fields[3] == _CLOSE_WAIT:
-                queued += 1
-    return queued
-
-
 def wait_drained(server: Pausable, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
     """Wait until `server` has read everything queued for it (while it was paused), when its
     sockets are visible from here; AssertionError at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while server.net is not None and (queued := _queued_sockets(server.net, server.net_port)):
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"{server.description} still had {queued} socket(s) with unread input "
-                f"{timeout_s:g} s after it was resumed"
-            )
-        time.sleep(POLL_S)
+    watched = server.net_pid
+    if watched is None:
+        return
+    if not poll_until(
+        lambda: queued_sockets(watched, server.net_port) == 0,
+        timeout_s=timeout_s,
+        interval_s=POLL_S,
+    ):
+        queued = queued_sockets(watched, server.net_port)
+        raise AssertionError(
+            f"{server.description} still had {queued} socket(s) with unread input "
+            f"{timeout_s:g} s after it was resumed"
+        )
 
 
 class ServerFaults:
@@ -220,8 +210,9 @@ class ServerFaults:
 
     def target(self, service: str) -> Pausable:
         """The pausable server of `service`; PauseUnavailableError says why there is none."""
-        if service not in SERVICES:
-            raise ValueError(f"service must be one of {SERVICES}, not {service!r}")
+        known = [kind.name for kind in kinds_of(self._config.project)]
+        if service not in known:
+            raise ValueError(f"service must be one of {known}, not {service!r}")
         if self._found is None:
             self._found = embedded_servers(self._config, self._env)
             if len(self._found) < len(service_ports(self._config)):

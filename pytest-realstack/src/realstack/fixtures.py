@@ -19,12 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, A
 from .adapter import AdapterError, AppAdapter, check_session_dependency
 from .clients import asgi_client, requests_served
 from .config import HarnessConfig, RunTargets
-from .isolation import create_test_engine, end_test_transaction, joined_session
+from .engines import create_test_engine
+from .isolation import end_test_transaction, joined_session
 from .janitor import RunStore, run_store
 from .leaks import Baseline, table_counts, undo_leftovers
 from .migrations import MigrationError, prepare
-from .plugin import ADAPTER, CONFIG
 from .stamps import RunNames
+from .stash import ADAPTER, CONFIG, RUN_BUCKET
 from .sweeps import sweep_dead_stores
 from .templates import ensure_template
 
@@ -183,10 +184,6 @@ def db_session(_after_db_test: HeldConnection) -> AsyncSession:
         session = joined_session(held.conn)
     held.sessions.append(session)
     return session
-
-
-# The run's bucket while it exists (s3_fixtures.py sets it): what the after-test fixtures empty.
-RUN_BUCKET = pytest.StashKey[Any]()
 
 
 def empty_bucket_if_used(request: pytest.FixtureRequest, served_before: int) -> None:

@@ -10,6 +10,7 @@ import ipaddress
 from collections.abc import Mapping
 from urllib.parse import SplitResult, urlsplit
 
+from . import contract
 from .contract import TEST_ALLOWED_HOSTS, DatabaseTarget, S3Target
 from .project import Project
 
@@ -45,7 +46,8 @@ def _missing_database_message(project: Project, env: Mapping[str, str]) -> str:
     lines = [
         "Integration tests need a PostgreSQL test database, and none is configured.",
         "  seen: TEST_DATABASE_URL is unset, and POSTGRES_HOST/POSTGRES_PORT are "
-        f"{env.get('POSTGRES_HOST') or 'unset'}/{env.get('POSTGRES_PORT') or 'unset'}.",
+        f"{env.get(contract.POSTGRES_HOST.name) or 'unset'}/"
+        f"{env.get(contract.POSTGRES_PORT.name) or 'unset'}.",
         f"  fix:  {HOW_TO_START}",
         f"        Or set TEST_DATABASE_URL={EXAMPLE_URL}",
         "        Or set POSTGRES_HOST and POSTGRES_PORT (tox-docker does this for you).",
@@ -117,7 +119,7 @@ def check_database_target(
                 ]
             )
         )
-    if target.source == "TEST_DATABASE_URL":
+    if target.source == contract.TEST_DATABASE_URL.name:
         _check_host_allowed(parts.hostname, target.source, mask_url(url), allowed)
     return url
 
@@ -179,7 +181,7 @@ def check_s3_target(target: S3Target, allowed: frozenset[str]) -> str:
                 ]
             )
         )
-    if target.source == "TEST_S3_ENDPOINT_URL":
+    if target.source == contract.TEST_S3_ENDPOINT_URL.name:
         _check_host_allowed(parts.hostname, target.source, target.endpoint_url, allowed)
     if not (target.access_key and target.secret_key):
         raise GuardError(

@@ -10,27 +10,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
 
-from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
-    AsyncEngine,
-    AsyncSession,
-    AsyncTransaction,
-    create_async_engine,
-)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncTransaction
 
-from .janitor import SchemaJanitor
-
-
-def create_test_engine(database_url: str, schema: str | None, **options: Any) -> AsyncEngine:
-    """An engine whose connections use `schema` as search_path, without pool pre-ping.
-
-    The test server is local and the pool drops broken connections anyway; the ping would
-    add a round trip to every test's isolation.
-    """
-    connect_args = {"server_settings": {"search_path": schema}} if schema else {}
-    return create_async_engine(database_url, connect_args=connect_args, **options)
+from .janitor import StoreJanitor
 
 
 def joined_session(conn: AsyncConnection) -> AsyncSession:
@@ -64,7 +47,7 @@ async def savepoint_session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
 
 @asynccontextmanager
 async def committing_session(
-    engine: AsyncEngine, janitor: SchemaJanitor, tables: Sequence[str]
+    engine: AsyncEngine, janitor: StoreJanitor, tables: Sequence[str]
 ) -> AsyncIterator[AsyncSession]:
     """A session that really commits; the tables are truncated afterwards (stamp checked)."""
     try:

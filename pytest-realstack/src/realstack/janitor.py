@@ -1,201 +1,152 @@
-"""The life of one run's schema: create, stamp, (migrate,) truncate, drop; and the sweep of
-schemas that killed runs left. It destroys only what carries this run's stamp."""
+"""The life of one run's store on the test server, its own database or (where the role may not
+create databases) its own schema: create, stamp, truncate, drop. Janitors are async context
+managers sharing one base class, in pytest-postgresql's style; they destroy only what carries
+this run's stamp. The one home of the DROP statements the harness runs on that server.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager as AsyncContextManager
 from contextlib import asynccontextmanager
 from types import TracebackType
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .engines import admin_engine, autocommit_engine, database_url
 from .stamps import RunNames, Stamp
 
 # Every cleanup statement has a deadline: a session left open by a test must not hang the run.
 CLEANUP_LOCK_TIMEOUT = "10s"
-
-_SCHEMA_STAMP = text(
-    "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = :name"
-)
-
-
-async def stamp_schema(conn: AsyncConnection, schema: str, stamp: Stamp, *, create: bool) -> None:
-    # COMMENT takes no bind parameters; format(%I, %L) quotes on the server.
-    await conn.execute(
-        text(
-            "SELECT set_config('harness.schema', :schema, true), "
-            "set_config('harness.stamp', :stamp, true)"
-        ),
-        {"schema": schema, "stamp": stamp.to_json()},
-    )
-    create_sql = (
-        "EXECUTE format('CREATE SCHEMA %I', current_setting('harness.schema')); " if create else ""
-    )
-    await conn.execute(
-        text(
-            "DO $$ BEGIN " + create_sql + "EXECUTE format('COMMENT ON SCHEMA %I IS %L', "
-            "current_setting('harness.schema'), current_setting('harness.stamp')); "
-            "END $$"
-        )
-    )
-
-
-async def set_cleanup_deadline(conn: AsyncConnection) -> None:
-    await conn.execute(text(f"SET LOCAL lock_timeout = '{CLEANUP_LOCK_TIMEOUT}'"))
-
-
-class SchemaJanitor:
-    """Creates the run's schema and stamps it; drops it (and only it) at exit."""
-
-    def __init__(
-        self, admin_engine: AsyncEngine, names: RunNames, *, keep: bool = False, url: str = ""
-    ) -> None:
-        self._engine = admin_engine
-        self.names = names
-        self.keep = keep
-        self.stamp = names.stamp()
-        self.url = url  # the server's test database, which holds the schema
-        self.schema: str | None = names.schema
-
-    def _quoted(self, conn: AsyncConnection) -> str:
-        return conn.dialect.identifier_preparer.quote_identifier(self.names.schema)
-
-    async def __aenter__(self) -> SchemaJanitor:
-        async with self._engine.begin() as conn:
-            await stamp_schema(conn, self.names.schema, self.stamp, create=True)
-        return self
-
-    async def assert_stamped(self, conn: AsyncConnection) -> None:
-        """Refuse unless the schema carries this run's stamp."""
-        found = (await conn.execute(_SCHEMA_STAMP, {"name": self.names.schema})).scalar()
-        stamp = Stamp.from_json(self.names.project, found)
-        self.names.refuse_unless_ours(f"schema {self.names.schema!r}", stamp, found)
-
-    async def truncate(self, conn: AsyncConnection, tables: Sequence[str]) -> None:
-        """Empty the given tables of this run's schema (after a real-commit test)."""
-        await self.assert_stamped(conn)
-        await set_cleanup_deadline(conn)
-        quote = conn.dialect.identifier_preparer.quote_identifier
-        schema = self._quoted(conn)
-        names = ", ".join(f"{schema}.{quote(t)}" for t in tables)
-        await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        async with self._engine.begin() as conn:
-            await self.assert_stamped(conn)
-            if self.keep:
-                # Kept for debugging: the sweep of dead runs must leave it alone.
-                await stamp_schema(conn, self.names.schema, self.stamp.marked_kept(), create=False)
-                return
-            # DROP SCHEMA waits for open transactions in it; the lock timeout turns a
-            # stuck one into an error instead of a hang.
-            await set_cleanup_deadline(conn)
-            await conn.execute(text(f"DROP SCHEMA {self._quoted(conn)} CASCADE"))
-
-
-_DATABASE_STAMP = text(
-    "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :name"
-)
 # Test connections (the app's own, or a test's second engine) give up waiting for a lock held
 # by the test's own uncommitted transaction after this, instead of hanging the run.
 TEST_LOCK_TIMEOUT = "5s"
 # How a run's database is copied from its template; chosen by measurement (make bench).
 CLONE_STRATEGY = "FILE_COPY"
 
-
-def autocommit_engine(server_url: str) -> AsyncEngine:
-    """An engine for CREATE/DROP DATABASE (no transaction block), holding no connection."""
-    from sqlalchemy.pool import NullPool
-
-    from .isolation import create_test_engine
-
-    return create_test_engine(server_url, None, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+_SCHEMA_STAMP = text(
+    "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = :name"
+)
+_DATABASE_STAMP = text(
+    "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :name"
+)
 
 
-def database_url(server_url: str, database: str) -> str:
-    """`server_url` with its database replaced, password kept (for engines, not for messages)."""
-    from sqlalchemy.engine import make_url
+def quote(conn: AsyncConnection, name: str) -> str:
+    return conn.dialect.identifier_preparer.quote_identifier(name)
 
-    return make_url(server_url).set(database=database).render_as_string(hide_password=False)
+
+async def set_cleanup_deadline(conn: AsyncConnection) -> None:
+    await conn.execute(text(f"SET LOCAL lock_timeout = '{CLEANUP_LOCK_TIMEOUT}'"))
+
+
+async def drop_database(conn: AsyncConnection, name: str) -> None:
+    """Drop a database, closing the connections a test left open (`conn`: AUTOCOMMIT). A
+    template is first made an ordinary database, which DROP requires; gone already is fine."""
+    quoted = quote(conn, name)
+    is_template = await conn.scalar(
+        text("SELECT datistemplate FROM pg_database WHERE datname = :n"), {"n": name}
+    )
+    if is_template:
+        await conn.execute(text(f"ALTER DATABASE {quoted} WITH IS_TEMPLATE false"))
+    await conn.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+
+
+async def drop_schema(conn: AsyncConnection, name: str) -> None:
+    """Drop a schema and all in it; DROP SCHEMA waits for open transactions in it, and the
+    lock timeout turns a stuck one into an error instead of a hang."""
+    await set_cleanup_deadline(conn)
+    await conn.execute(text(f"DROP SCHEMA IF EXISTS {quote(conn, name)} CASCADE"))
+
+
+async def comment_on(conn: AsyncConnection, kind: str, name: str, comment: str) -> None:
+    """COMMENT ON DATABASE or SCHEMA: COMMENT takes no bind parameters, so format(%I, %L)
+    quotes on the server."""
+    assert kind in {"DATABASE", "SCHEMA"}
+    await conn.execute(
+        text(
+            "SELECT set_config('harness.object', :name, false), "
+            "set_config('harness.comment', :comment, false)"
+        ),
+        {"name": name, "comment": comment},
+    )
+    await conn.execute(
+        text(
+            f"DO $$ BEGIN EXECUTE format('COMMENT ON {kind} %I IS %L', "
+            "current_setting('harness.object'), current_setting('harness.comment')); END $$"
+        )
+    )
 
 
 async def comment_on_database(conn: AsyncConnection, database: str, comment: str) -> None:
-    """COMMENT takes no bind parameters; format(%I, %L) quotes on the server."""
-    await conn.execute(
-        text(
-            "SELECT set_config('harness.database', :name, false), "
-            "set_config('harness.comment', :comment, false)"
-        ),
-        {"name": database, "comment": comment},
-    )
-    await conn.execute(
-        text(
-            "DO $$ BEGIN EXECUTE format('COMMENT ON DATABASE %I IS %L', "
-            "current_setting('harness.database'), current_setting('harness.comment')); END $$"
-        )
-    )
+    await comment_on(conn, "DATABASE", database, comment)
 
 
-class DatabaseJanitor:
-    """Creates the run's own database, stamps it and sets its test settings; drops it (and only
-    it) at exit, closing any connection a test left open (DROP DATABASE ... WITH (FORCE))."""
+async def stamp_schema(conn: AsyncConnection, schema: str, stamp: Stamp, *, create: bool) -> None:
+    if create:
+        await conn.execute(text(f"CREATE SCHEMA {quote(conn, schema)}"))
+    await comment_on(conn, "SCHEMA", schema, stamp.to_json())
 
-    def __init__(
-        self,
-        admin_engine: AsyncEngine,
-        server_url: str,
-        names: RunNames,
-        *,
-        keep: bool = False,
-        template: str | None = None,
-    ) -> None:
-        self._engine = admin_engine  # AUTOCOMMIT, on the server's test database
-        self.template = template  # a migrated template to clone (templates.py), or None
+
+class StoreJanitor:
+    """Creates a run's store and stamps it; at exit drops it (and only it), or marks it kept.
+
+    Subclasses say what the store is: how to create it, read its stamp, write a stamp, drop it,
+    and name its tables."""
+
+    kind = "store"
+    # CREATE and DROP DATABASE cannot run inside a transaction block: the database janitor
+    # works on its AUTOCOMMIT engine's plain connections.
+    transactional = True
+
+    def __init__(self, engine: AsyncEngine, names: RunNames, *, keep: bool = False) -> None:
+        self._engine = engine
         self.names = names
         self.keep = keep
         self.stamp = names.stamp()
-        self.url = database_url(server_url, names.database)
-        self.schema: str | None = None
+        self.url = ""  # where the store's tables are reached (the schema's: its database)
+        self.schema: str | None = None  # set for a schema store: the connections' search_path
 
-    def _quoted(self, conn: AsyncConnection) -> str:
-        return conn.dialect.identifier_preparer.quote_identifier(self.names.database)
+    @property
+    def name(self) -> str:
+        return self.names.schema
+
+    async def _create(self, conn: AsyncConnection) -> None:
+        raise NotImplementedError
+
+    async def _read_stamp(self, conn: AsyncConnection) -> str | None:
+        raise NotImplementedError
 
     async def _write_stamp(self, conn: AsyncConnection, stamp: Stamp) -> None:
-        await comment_on_database(conn, self.names.database, stamp.to_json())
+        raise NotImplementedError
 
-    async def __aenter__(self) -> DatabaseJanitor:
-        async with self._engine.connect() as conn:
-            clone = ""
-            if self.template:
-                source = conn.dialect.identifier_preparer.quote_identifier(self.template)
-                clone = f" TEMPLATE {source} STRATEGY {CLONE_STRATEGY}"
-            await conn.execute(text(f"CREATE DATABASE {self._quoted(conn)}{clone}"))
-            await self._write_stamp(conn, self.stamp)
-            quoted = self._quoted(conn)
-            await conn.execute(
-                text(f"ALTER DATABASE {quoted} SET lock_timeout = '{TEST_LOCK_TIMEOUT}'")
-            )
-        return self
+    async def _drop(self, conn: AsyncConnection) -> None:
+        raise NotImplementedError
+
+    def _table(self, conn: AsyncConnection, table: str) -> str:
+        return quote(conn, table)
 
     async def assert_stamped(self, conn: AsyncConnection) -> None:
-        found = (await conn.execute(_DATABASE_STAMP, {"name": self.names.database})).scalar()
+        """Refuse unless the store carries this run's stamp."""
+        found = await self._read_stamp(conn)
         stamp = Stamp.from_json(self.names.project, found)
-        self.names.refuse_unless_ours(f"database {self.names.database!r}", stamp, found)
+        self.names.refuse_unless_ours(f"{self.kind} {self.name!r}", stamp, found)
 
     async def truncate(self, conn: AsyncConnection, tables: Sequence[str]) -> None:
-        """Empty the given tables of this run's database (`conn` is connected to it)."""
+        """Empty the given tables of this run's store (after a real-commit test)."""
         await self.assert_stamped(conn)
         await set_cleanup_deadline(conn)
-        quote = conn.dialect.identifier_preparer.quote_identifier
-        await conn.execute(
-            text(f"TRUNCATE {', '.join(map(quote, tables))} RESTART IDENTITY CASCADE")
-        )
+        names = ", ".join(self._table(conn, t) for t in tables)
+        await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+    def _connect(self) -> AsyncContextManager[AsyncConnection]:
+        return self._engine.begin() if self.transactional else self._engine.connect()
+
+    async def __aenter__(self) -> StoreJanitor:
+        async with self._connect() as conn:
+            await self._create(conn)
+        return self
 
     async def __aexit__(
         self,
@@ -203,23 +154,88 @@ class DatabaseJanitor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        async with self._engine.connect() as conn:
+        async with self._connect() as conn:
             await self.assert_stamped(conn)
             if self.keep:
+                # Kept for debugging: the sweep of dead runs must leave it alone.
                 await self._write_stamp(conn, self.stamp.marked_kept())
                 return
-            await conn.execute(text(f"DROP DATABASE {self._quoted(conn)} WITH (FORCE)"))
+            await self._drop(conn)
 
 
-RunStore = DatabaseJanitor | SchemaJanitor
+class SchemaJanitor(StoreJanitor):
+    """The run's own schema in the server's test database."""
+
+    kind = "schema"
+
+    def __init__(
+        self, engine: AsyncEngine, names: RunNames, *, keep: bool = False, url: str = ""
+    ) -> None:
+        super().__init__(engine, names, keep=keep)
+        self.url = url  # the server's test database, which holds the schema
+        self.schema = names.schema
+
+    async def _create(self, conn: AsyncConnection) -> None:
+        await stamp_schema(conn, self.name, self.stamp, create=True)
+
+    async def _read_stamp(self, conn: AsyncConnection) -> str | None:
+        found = await conn.scalar(_SCHEMA_STAMP, {"name": self.name})
+        return None if found is None else str(found)
+
+    async def _write_stamp(self, conn: AsyncConnection, stamp: Stamp) -> None:
+        await stamp_schema(conn, self.name, stamp, create=False)
+
+    async def _drop(self, conn: AsyncConnection) -> None:
+        await drop_schema(conn, self.name)
+
+    def _table(self, conn: AsyncConnection, table: str) -> str:
+        return f"{quote(conn, self.name)}.{quote(conn, table)}"
 
 
-def schema_admin_engine(server_url: str) -> AsyncEngine:
-    from sqlalchemy.pool import NullPool
+class DatabaseJanitor(StoreJanitor):
+    """The run's own database, a clone of the migrated template when one is given, with its
+    test settings; dropped with the connections a test left open (WITH (FORCE))."""
 
-    from .isolation import create_test_engine
+    kind = "database"
+    transactional = False
 
-    return create_test_engine(server_url, None, poolclass=NullPool)
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        server_url: str,
+        names: RunNames,
+        *,
+        keep: bool = False,
+        template: str | None = None,
+    ) -> None:
+        super().__init__(engine, names, keep=keep)  # engine: AUTOCOMMIT, on the test database
+        self.template = template  # a migrated template to clone (templates.py), or None
+        self.url = database_url(server_url, names.database)
+
+    async def _create(self, conn: AsyncConnection) -> None:
+        clone = ""
+        if self.template:
+            clone = f" TEMPLATE {quote(conn, self.template)} STRATEGY {CLONE_STRATEGY}"
+        await conn.execute(text(f"CREATE DATABASE {quote(conn, self.name)}{clone}"))
+        await self._write_stamp(conn, self.stamp)
+        await conn.execute(
+            text(
+                f"ALTER DATABASE {quote(conn, self.name)} SET lock_timeout = '{TEST_LOCK_TIMEOUT}'"
+            )
+        )
+
+    async def _read_stamp(self, conn: AsyncConnection) -> str | None:
+        found = await conn.scalar(_DATABASE_STAMP, {"name": self.name})
+        return None if found is None else str(found)
+
+    async def _write_stamp(self, conn: AsyncConnection, stamp: Stamp) -> None:
+        await comment_on_database(conn, self.name, stamp.to_json())
+
+    async def _drop(self, conn: AsyncConnection) -> None:
+        await drop_database(conn, self.name)
+
+
+RunStore = StoreJanitor
 
 
 @asynccontextmanager
@@ -234,7 +250,7 @@ async def run_store(
     """The run's own database (per_run="database"; a clone of `template` if given) or schema,
     created, stamped and yielded; dropped at exit unless `keep` (or `.keep`) says otherwise."""
     database = per_run == "database"
-    admin = autocommit_engine(server_url) if database else schema_admin_engine(server_url)
+    admin = autocommit_engine(server_url) if database else admin_engine(server_url)
     store: RunStore
     if database:
         store = DatabaseJanitor(admin, server_url, names, keep=keep, template=template)

@@ -16,7 +16,9 @@ import atexit
 import dataclasses
 import gc
 import glob
+import itertools
 import os
+import re
 import sys
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
@@ -29,16 +31,12 @@ from .config import HarnessConfig, resolve_config
 from .guard import GuardError
 from .project import Project, ProjectConfigError, find_pyproject, load_project
 from .sources import find_services
+from .stash import ADAPTER, CONFIG, EARLY, PROJECT
 
 if TYPE_CHECKING:
-    from .adapter import AppAdapter
+    pass
 
 PLUGIN_NAME = __name__  # what `-p` and `pytest_plugins` name, and the entry point's name
-PROJECT = pytest.StashKey[Project]()
-CONFIG = pytest.StashKey[HarnessConfig]()
-ADAPTER: pytest.StashKey[AppAdapter] = pytest.StashKey()
-# Set when pytest_load_initial_conftests resolved (or decided there was nothing to resolve).
-EARLY = pytest.StashKey[bool]()
 WORKER_INPUT_KEY = "harness_config"
 MARKERS = (
     "integration: needs the real services (set automatically for the guarded paths)",
@@ -72,22 +70,37 @@ def _find_project(config: pytest.Config) -> Project | None:
     return load_project(pyproject)
 
 
-def _matches_only_integration(name: str, /, **kwargs: str | int | bool | None) -> bool:
-    return name == "integration"
+def _could_select_integration(markexpr: str) -> bool:
+    """Whether `-m markexpr` could select a test marked integration, whatever other markers it
+    has: every assignment of the expression's other names is tried (True on doubt)."""
+    try:
+        from _pytest.mark.expression import Expression
+    except ImportError:  # pragma: no cover - private API moved; be safe and guard
+        return True
+    try:
+        expression = Expression.compile(markexpr)
+    except Exception:  # pytest reports a malformed expression itself
+        return True
+    others = sorted(set(re.findall(r"[\w.:+-]+", markexpr)) - {"and", "or", "not", "integration"})
+    if len(others) > 12:
+        return True
+    for values in itertools.product((False, True), repeat=len(others)):
+        marks = dict(zip(others, values, strict=True)) | {"integration": True}
+
+        def matcher(name: str, /, **kwargs: object) -> bool:
+            return bool(marks.get(name, False))  # noqa: B023 (evaluated before the next one)
+
+        if expression.evaluate(matcher):
+            return True
+    return False
 
 
 def selects_guarded(
     project: Project, markexpr: str, args: Sequence[str], invocation_dir: Path
 ) -> bool:
     """True when a run of these paths, with this -m expression, could collect guarded tests."""
-    if markexpr:
-        try:
-            from _pytest.mark.expression import Expression
-        except ImportError:  # pragma: no cover - private API moved; be safe and guard
-            pass
-        else:
-            if not Expression.compile(markexpr).evaluate(_matches_only_integration):
-                return False
+    if markexpr and not _could_select_integration(markexpr):
+        return False
     return any(project.is_guarded(Path(invocation_dir, a.split("::", 1)[0])) for a in args)
 
 
@@ -246,15 +259,19 @@ class _XdistController:
 
 
 def _register_fixtures(config: pytest.Config, project: Project) -> None:
-    from . import faults, fixtures
+    """Each of the project's services' fixtures (services/), fault injection, and the app's
+    adapter, whose own fixtures become the app's tests' too."""
+    import importlib
+
+    from . import faults
     from .adapter import AdapterError, load_adapter
+    from .services import kinds_of
 
-    config.pluginmanager.register(fixtures, "harness-fixtures")
+    for kind in kinds_of(project):
+        config.pluginmanager.register(
+            importlib.import_module(kind.fixtures), f"harness-{kind.name}-fixtures"
+        )
     config.pluginmanager.register(faults, "harness-faults")
-    if project.uses_s3:
-        from . import s3_fixtures
-
-        config.pluginmanager.register(s3_fixtures, "harness-s3-fixtures")
     try:
         adapter = load_adapter(project)
     except AdapterError as exc:

@@ -13,8 +13,9 @@ from .buckets import BucketJanitor, s3_client_for, sweep_dead_buckets
 from .clients import requests_served
 from .config import HarnessConfig
 from .contract import S3Target
-from .fixtures import RUN_BUCKET, empty_bucket_if_used, keep_on_failure, report_removed, sweeps
+from .fixtures import empty_bucket_if_used, keep_on_failure, report_removed, sweeps
 from .stamps import RunNames
+from .stash import RUN_BUCKET
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

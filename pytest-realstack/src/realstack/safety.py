@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from .config import HarnessConfig
-from .contract import TEST_ALLOW_USER_TABLES
+from .contract import TEST_ALLOW_USER_TABLES, TEST_DATABASE_URL
 from .guard import HOW_TO_START, GuardError, mask_url
 from .project import Project
 from .stamps import Stamp
@@ -61,7 +61,7 @@ async def inspect_server(project: Project, url: str) -> ServerFacts:
 
 
 def _unreachable(config: HarnessConfig, error: BaseException) -> GuardError:
-    source = "TEST_DATABASE_URL" if config.explicit_database else "the test database"
+    source = TEST_DATABASE_URL.name if config.explicit_database else "the test database"
     return GuardError(
         "\n".join(
             [

@@ -10,7 +10,7 @@ from sqlalchemy.pool import NullPool
 
 from .adapter import load_adapter
 from .config import HarnessConfig, RunTargets
-from .isolation import create_test_engine
+from .engines import create_test_engine
 from .janitor import run_store
 from .migrations import prepare
 from .stamps import RunNames

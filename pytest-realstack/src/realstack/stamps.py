@@ -1,4 +1,5 @@
-"""What marks a schema or bucket as created by this project's harness, and the refusal rules.
+"""What marks a database, schema, bucket or migrated template as created by this project's
+harness (one stamp type for all of them), and the refusal rules.
 
 Everything the harness creates carries a stamp; nothing without this run's stamp is ever
 dropped, truncated or emptied, and the sweep removes only stamps of dead local processes.
@@ -14,8 +15,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from .embedded.rundir import proc_start_time
+from .process import start_time
 from .project import Project
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class JanitorRefusal(RuntimeError):
@@ -24,21 +29,41 @@ class JanitorRefusal(RuntimeError):
 
 @dataclass(frozen=True)
 class Stamp:
-    """Stored as JSON in COMMENT ON SCHEMA, and as tags on a bucket."""
+    """Stored as JSON in COMMENT ON DATABASE/SCHEMA, and as tags on a bucket."""
 
     created_by: str  # the project's stamp mark: another project's harness never matches
-    run: str
+    run: str  # "" on a migrated template, which belongs to no run
     worker: str
     host: str
     pid: int
     created_at: str
     kept: bool = False
+    template: str = ""  # a migrated template's fingerprint (templates.py); "" otherwise
+
+    @classmethod
+    def for_template(cls, project: Project, fingerprint: str) -> Stamp:
+        """The stamp of a migrated template database, built by this process."""
+        return cls(
+            created_by=project.stamp_mark,
+            run="",
+            worker="",
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            created_at=_now(),
+            template=fingerprint,
+        )
+
+    def _fields(self) -> dict[str, Any]:
+        fields = asdict(self)
+        if not self.template:
+            del fields["template"]  # a run's stamp reads as it always did
+        return fields
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self._fields(), sort_keys=True)
 
     def to_tags(self) -> list[dict[str, str]]:
-        return [{"Key": key, "Value": str(value)} for key, value in asdict(self).items()]
+        return [{"Key": key, "Value": str(value)} for key, value in self._fields().items()]
 
     @classmethod
     def parse(cls, project: Project, fields: Mapping[str, Any]) -> Stamp | None:
@@ -46,14 +71,17 @@ class Stamp:
         if fields.get("created_by") != project.stamp_mark:
             return None
         try:
+            template = str(fields.get("template", ""))
             return cls(
                 created_by=project.stamp_mark,
-                run=str(fields["run"]),
-                worker=str(fields["worker"]),
+                # A template belongs to no run: it has neither run nor worker.
+                run=str(fields.get("run", "") if template else fields["run"]),
+                worker=str(fields.get("worker", "") if template else fields["worker"]),
                 host=str(fields["host"]),
                 pid=int(fields["pid"]),
                 created_at=str(fields["created_at"]),
                 kept=str(fields.get("kept", False)).lower() in {"true", "1"},
+                template=template,
             )
         except (KeyError, ValueError):
             return None
@@ -71,7 +99,7 @@ class Stamp:
         asked: `make clean-leftovers`)."""
         if self.kept and not include_kept:
             return False
-        return self.host == socket.gethostname() and proc_start_time(self.pid) is None
+        return self.host == socket.gethostname() and start_time(self.pid) is None
 
     def marked_kept(self) -> Stamp:
         return replace(self, kept=True)
@@ -103,7 +131,7 @@ class RunNames:
             worker=self.worker,
             host=socket.gethostname(),
             pid=os.getpid(),
-            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            created_at=_now(),
         )
 
     def refuse_unless_ours(self, what: str, found: Stamp | None, raw: object) -> None:

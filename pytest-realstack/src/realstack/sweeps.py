@@ -8,7 +8,8 @@ from typing import Any
 
 from sqlalchemy import text
 
-from .janitor import autocommit_engine, schema_admin_engine, set_cleanup_deadline
+from .engines import admin_engine, autocommit_engine
+from .janitor import drop_database, drop_schema
 from .project import Project
 from .stamps import Stamp
 
@@ -47,18 +48,15 @@ async def sweep_dead_stores(
                 (await conn.execute(text(_STAMPED["schema"]))).all(), project, include_kept
             )
             for name in databases:
-                quoted = conn.dialect.identifier_preparer.quote_identifier(name)
-                await conn.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+                await drop_database(conn, name)
     finally:
         await admin.dispose()
     if schemas:
-        admin = schema_admin_engine(server_url)
+        admin = admin_engine(server_url)
         try:
             for name in schemas:
                 async with admin.begin() as conn:
-                    await set_cleanup_deadline(conn)
-                    quoted = conn.dialect.identifier_preparer.quote_identifier(name)
-                    await conn.execute(text(f"DROP SCHEMA IF EXISTS {quoted} CASCADE"))
+                    await drop_schema(conn, name)
         finally:
             await admin.dispose()
     return [f"database {name}" for name in databases] + [f"schema {name}" for name in schemas]

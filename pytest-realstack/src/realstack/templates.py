@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
-import time
 import tomllib
 from pathlib import Path
 
@@ -23,10 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import NullPool
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from .isolation import create_test_engine
-from .janitor import autocommit_engine, comment_on_database, database_url
+from .engines import autocommit_engine, create_test_engine, database_url
+from .janitor import comment_on_database, drop_database, quote
 from .migrations import alembic_config, prepare
 from .project import Project
+from .stamps import Stamp
 
 TEMPLATE_FORMAT = "1"  # bump when what a template holds, or how it is keyed, changes
 BUILD_LOCK_TIMEOUT = "600s"  # how long a run waits for another's build before it gives up
@@ -64,10 +62,6 @@ def template_prefix(project: Project) -> str:
     return f"tmpl_{project.slug}_"
 
 
-def _quote(conn: AsyncConnection, name: str) -> str:
-    return conn.dialect.identifier_preparer.quote_identifier(name)
-
-
 async def _lock(conn: AsyncConnection, name: str) -> None:
     await conn.execute(text("SELECT pg_advisory_lock(hashtextextended(:n, 0))"), {"n": name})
 
@@ -76,39 +70,19 @@ async def _unlock(conn: AsyncConnection, name: str) -> None:
     await conn.execute(text("SELECT pg_advisory_unlock(hashtextextended(:n, 0))"), {"n": name})
 
 
-async def _drop(conn: AsyncConnection, name: str) -> None:
-    quoted = _quote(conn, name)
-    await conn.execute(text(f"ALTER DATABASE {quoted} WITH IS_TEMPLATE false"))
-    await conn.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
-
-
-async def _stamp(conn: AsyncConnection, project: Project, name: str, fp: str) -> None:
-    stamp = json.dumps(
-        {
-            "created_by": project.stamp_mark,
-            "template": fp,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-        sort_keys=True,
-    )
-    await comment_on_database(conn, name, stamp)
-
-
 async def _build(
     conn: AsyncConnection, server_url: str, project: Project, metadata: MetaData, name: str, fp: str
 ) -> None:
-    quoted = _quote(conn, name)
+    quoted = quote(conn, name)
     await conn.execute(text(f"CREATE DATABASE {quoted}"))
-    await _stamp(conn, project, name, fp)
+    await comment_on_database(conn, name, Stamp.for_template(project, fp).to_json())
     engine = create_test_engine(database_url(server_url, name), None, poolclass=NullPool)
     try:
         async with engine.begin() as migrating:
             await migrating.run_sync(lambda sync: prepare(sync, project, metadata))
     except BaseException:
         await engine.dispose()
-        await _drop(conn, name)
+        await drop_database(conn, name)
         raise
     await engine.dispose()
     # A template nobody connects to: CREATE DATABASE ... TEMPLATE needs it idle.
@@ -131,15 +105,13 @@ async def sweep_stale_templates(conn: AsyncConnection, project: Project, current
     ).all()
     complete, half_built = [], []
     for name, is_template, comment in rows:
-        try:
-            stamp = json.loads(comment or "")
-        except ValueError:
+        stamp = Stamp.from_json(project, comment)
+        if stamp is None or not stamp.template:
             continue
-        if isinstance(stamp, dict) and stamp.get("created_by") == project.stamp_mark:
-            if is_template:
-                complete.append((str(stamp.get("created_at", "")), name))
-            else:
-                half_built.append(name)
+        if is_template:
+            complete.append((stamp.created_at, name))
+        else:
+            half_built.append(name)
     stale = [name for _, name in sorted(complete, reverse=True)[KEEP_STALE:]]
     dropped = []
     for name in stale + half_built:
@@ -148,7 +120,7 @@ async def sweep_stale_templates(conn: AsyncConnection, project: Project, current
         )
         if got:  # else someone is building or sweeping it right now
             try:
-                await _drop(conn, name)
+                await drop_database(conn, name)
                 dropped.append(name)
             finally:
                 await _unlock(conn, name)
@@ -173,7 +145,7 @@ async def ensure_template(server_url: str, project: Project, metadata: MetaData)
                 if ready:
                     return name
                 if ready is not None:  # a build that died half-way
-                    await _drop(conn, name)
+                    await drop_database(conn, name)
                 await _build(conn, server_url, project, metadata, name, fp)
             finally:
                 await _unlock(conn, name)

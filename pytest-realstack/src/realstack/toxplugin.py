@@ -32,6 +32,7 @@ from tox.report import HandledError
 from tox.tox_env.api import ToxEnv
 from tox.tox_env.errors import Fail
 
+from .contract import credential_variables
 from .project import ProjectConfigError, find_pyproject, load_project
 from .toxdocker import docker_unreachable, remove_containers, remove_leftovers_of_dead_runs
 
@@ -52,14 +53,7 @@ def tox_add_core_config(core_conf: ConfigSet, state: State) -> None:
         project = load_project(find_pyproject(Path(core_conf["tox_root"])))
     except ProjectConfigError as exc:
         raise HandledError(f"toxfile.py (realstack.toxplugin): {exc}") from None
-    creds = project.credentials
-    for name, value in {
-        "POSTGRES_USER": creds.pg_user,
-        "POSTGRES_PASSWORD": creds.pg_password,
-        "POSTGRES_DB": creds.pg_database,
-        "MINIO_ROOT_USER": creds.s3_access_key,
-        "MINIO_ROOT_PASSWORD": creds.s3_secret_key,
-    }.items():
+    for name, value in credential_variables(project.credentials, with_s3=True).items():
         os.environ.setdefault(name, value)
 
 

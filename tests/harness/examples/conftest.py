@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from realstack import config as harness_config_module
-from realstack.plugin import CONFIG
+from realstack.stash import CONFIG
 
 REPORT_DIR_VARIABLE = "PROBE_REPORT_DIR"
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
-from pathlib import Path
 
+import psutil
+from realstack.process import poll_until
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,24 +21,17 @@ DEADLINE_S = 10.0
 
 def _kill_postmaster(backend_pid: int) -> bool:
     """SIGKILL the postmaster, the parent of our backend; True once its process is gone."""
-    status = Path(f"/proc/{backend_pid}/status").read_text()
-    postmaster = int(
-        next(line for line in status.splitlines() if line.startswith("PPid:")).split()[1]
-    )
+    postmaster = psutil.Process(backend_pid).ppid()
     os.kill(postmaster, signal.SIGKILL)
-    deadline = time.monotonic() + DEADLINE_S
-    while _alive(postmaster) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return not _alive(postmaster)
+    return bool(poll_until(lambda: not _alive(postmaster), timeout_s=DEADLINE_S, interval_s=0.02))
 
 
 def _alive(pid: int) -> bool:
     """Running, as opposed to gone or a zombie its parent (the launcher) has not reaped yet."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def test_1_kill_postgresql(db_session: AsyncSession) -> None:

@@ -8,13 +8,14 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from realstack import embedded
 from realstack.config import EmbeddedSettings, embedded_settings
+from realstack.process import poll_until
 from realstack.project import Project
 
 PACKAGE = embedded.__name__  # what `python -m` runs
@@ -75,24 +76,21 @@ def private_run_base() -> Iterator[Path]:
 
 def processes_mentioning(path: Path) -> list[int]:
     found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
             continue
         try:
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
+            argv = " ".join(proc.cmdline())
+        except psutil.Error:
             continue
-        if str(path) in cmdline and "pytest" not in cmdline:
-            found.append(int(proc.name))
+        if str(path) in argv and "pytest" not in argv:
+            found.append(proc.pid)
     return found
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
+    if not poll_until(condition, timeout_s=timeout_s, interval_s=0.02):
+        pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def port_closed(port: int) -> bool:

@@ -22,21 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import boto3
+import psutil
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from realstack.config import EmbeddedSettings
 from realstack.embedded.launcher import embedded_services
 from realstack.embedded.pg_binaries import locate_binaries
-from realstack.embedded.procs import (
-    HarnessSetupError,
-    ServiceStartError,
-    free_port,
-    server_user,
-    signal_tree,
-)
+from realstack.embedded.procs import HarnessSetupError, ServiceStartError, server_user
 from realstack.embedded.rundir import STATE_FILE, RunState
 from realstack.embedded.supervisor import run_command
+from realstack.process import free_port, pause_tree, start_time
 from realstack.project import Project
 
 from tests.harness.helpers import write_project
@@ -217,7 +213,9 @@ def test_run_prints_one_ready_line_per_service_and_passes_the_exit_code(
 
     assert runner.returncode == 7
     assert re.search(
-        r"^postgres 18\.\d+ ready at 127\.0\.0\.1:\d+ in \d+\.\d\d s \(\w+\)$", err, re.M
+        r"^postgres 18\.\d+ ready at 127\.0\.0\.1:\d+ in \d+\.\d\d s \((initdb|cached cluster)\)$",
+        err,
+        re.M,
     )
     assert re.search(r"^s3 seaweedfs [\d.]+ ready at 127\.0\.0\.1:\d+ in \d+\.\d\d s$", err, re.M)
     assert "Traceback" not in err
@@ -331,9 +329,7 @@ def test_postgres_accepts_the_contract_user_over_tcp_and_refuses_a_wrong_passwor
         user = asyncio.run(_pg_fetch(env, "SELECT current_user"))
         with pytest.raises(asyncpg.InvalidPasswordError):
             asyncio.run(_pg_fetch(env, "SELECT 1", password="wrong"))
-        programs = {
-            Path(f"/proc/{p}/comm").read_text().strip() for p in processes_mentioning(run_base)
-        }
+        programs = {psutil.Process(p).name() for p in processes_mentioning(run_base)}
 
     assert running.s3 is None and programs == {"postgres"}
     assert user == env["POSTGRES_USER"] == "sample_test"
@@ -386,7 +382,7 @@ def test_a_paused_postgres_whose_data_dir_goes_shuts_down_at_once_and_frees_its_
         pg = running.postgres
         assert pg.proc is not None
         shm_key_and_id = (pg.datadir / "postmaster.pid").read_text().split("\n")[6].split()
-        signal_tree(pg.proc.pid, signal.SIGSTOP)
+        pause_tree(pg.proc.pid)
         pg.stop()
         log = pg.log.read_text()
 
@@ -484,13 +480,13 @@ def fake_postgres(run_base: Path) -> Callable[[str, str], Path]:
     return install
 
 
-def start_failure(settings: EmbeddedSettings, *, use_template: bool) -> tuple[str, float]:
+def start_failure(settings: EmbeddedSettings, *, use_cached_cluster: bool) -> tuple[str, float]:
     """Start the services, which must fail with ServiceStartError: its message, and how long
     the failure took (s)."""
     started = time.monotonic()
     with (
         pytest.raises(ServiceStartError) as failure,
-        embedded_services(settings, use_template=use_template),
+        embedded_services(settings, use_cached_cluster=use_cached_cluster),
     ):
         pass
     return str(failure.value), time.monotonic() - started
@@ -502,7 +498,7 @@ def test_a_server_that_never_becomes_ready_fails_at_the_deadline_with_its_log(
     bindir = fake_postgres('echo "FAKE: accepting nothing" >&2\nexec sleep 60\n')
     settings = dataclasses.replace(pg_settings, pg_bindir=bindir, timeout_s=1.5)
 
-    message, seconds = start_failure(settings, use_template=False)
+    message, seconds = start_failure(settings, use_cached_cluster=False)
 
     assert seconds < 5
     assert "postgres was not ready at 127.0.0.1:" in message
@@ -518,10 +514,10 @@ def test_building_the_template_honours_the_timeout(
     bindir = fake_postgres('echo "FAKE: no socket" >&2\nexec sleep 60\n')
     settings = dataclasses.replace(pg_settings, pg_bindir=bindir, timeout_s=1.5)
 
-    message, seconds = start_failure(settings, use_template=True)
+    message, seconds = start_failure(settings, use_cached_cluster=True)
 
     assert seconds < 5  # not the 30 s it used to be
-    assert "postgres (building the template) was not ready" in message
+    assert "postgres (building the cached cluster) was not ready" in message
     assert "within 1.5 s" in message and "FAKE: no socket" in message
     assert "TEST_SERVICES_TIMEOUT" in message
     assert not list(settings.cache_dir.glob(".build-*"))  # the half-built template is gone
@@ -547,7 +543,7 @@ def test_a_server_that_exits_early_fails_at_once_with_its_log(
     bindir = fake_postgres('echo "FATAL: fake crash" >&2\nexit 1\n')
     settings = dataclasses.replace(pg_settings, pg_bindir=bindir, timeout_s=20)
 
-    message, seconds = start_failure(settings, use_template=False)
+    message, seconds = start_failure(settings, use_cached_cluster=False)
 
     assert seconds < 5
     assert "postgres exited with code 1" in message
@@ -645,7 +641,7 @@ def test_a_start_up_failure_stops_the_waiting_child_and_exits_3_with_the_log(
     assert "embedded services: postgres exited with code 1" in err
     assert "FATAL: fake crash" in err
     assert "child-done" not in out and "launcher is gone" not in err
-    assert not Path(f"/proc/{pid}").exists()  # terminated and reaped
+    assert start_time(pid) is None  # terminated and reaped
     assert_nothing_left(run_base, [])
 
 
@@ -666,7 +662,7 @@ def test_a_signal_while_the_child_waits_for_the_services_stops_everything(
     runner.wait(DEADLINE_S)
 
     assert runner.returncode == 128 + sig
-    assert not Path(f"/proc/{pid}").exists()
+    assert start_time(pid) is None
     assert_nothing_left(run_base, [])
 
 

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from realstack.adapter import AppAdapter
 from realstack.config import HarnessConfig, RunTargets
-from realstack.isolation import create_test_engine
+from realstack.engines import create_test_engine
 from realstack.janitor import TEST_LOCK_TIMEOUT, RunStore, run_store
 from realstack.migrations import downgrade, drift, migrate
 from realstack.stamps import JanitorRefusal, RunNames

@@ -29,7 +29,7 @@ import pytest_asyncio
 from realstack.config import HarnessConfig, embedded_settings
 from realstack.embedded.launcher import RunningServices, embedded_services
 from realstack.embedded.pg_cluster import SUPERUSER
-from realstack.janitor import database_url as url_with_database
+from realstack.engines import database_url as url_with_database
 from realstack.stamps import RunNames
 from sqlalchemy import text
 from sqlalchemy.engine import make_url

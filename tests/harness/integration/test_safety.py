@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 from realstack.buckets import BucketJanitor, sweep_dead_buckets
 from realstack.config import HarnessConfig
-from realstack.isolation import create_test_engine
+from realstack.engines import create_test_engine
 from realstack.janitor import DatabaseJanitor
 from realstack.stamps import JanitorRefusal, RunNames, Stamp
 from realstack.sweeps import sweep_dead_stores

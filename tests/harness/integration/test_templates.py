@@ -12,11 +12,10 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,12 @@ from realstack.config import HarnessConfig
 from realstack.contract import resolve_database
 from realstack.embedded.launcher import embedded_services
 from realstack.embedded.pg_cluster import TEMPLATES_FILE
-from realstack.isolation import create_test_engine
-from realstack.janitor import autocommit_engine, comment_on_database, run_store
+from realstack.engines import autocommit_engine, create_test_engine
+from realstack.janitor import comment_on_database, run_store
 from realstack.migrations import DriftError
+from realstack.process import apoll_until
 from realstack.project import Project
-from realstack.stamps import RunNames
+from realstack.stamps import RunNames, Stamp
 from realstack.templates import (
     KEEP_STALE,
     ensure_template,
@@ -159,11 +159,11 @@ async def clone_of(
 
 
 async def wait_for_a_lock_waiter(conn: AsyncConnection, name: str) -> None:
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while not await conn.scalar(_WAITERS, {"n": name}):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no second caller waited for the build lock of {name}")
-        await asyncio.sleep(0.01)
+    async def waiting() -> bool:
+        return bool(await conn.scalar(_WAITERS, {"n": name}))
+
+    if not await apoll_until(waiting, timeout_s=LOCK_WAIT_S, interval_s=0.01):
+        raise AssertionError(f"no second caller waited for the build lock of {name}")
 
 
 def no_migrations(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -399,8 +399,8 @@ async def create_template(
 
 
 def stamp_of(project: Project, created_at: str) -> str:
-    fields = {"created_by": project.stamp_mark, "template": "x", "created_at": created_at}
-    return json.dumps(fields)
+    stamp = Stamp.for_template(project, "x")
+    return replace(stamp, created_at=created_at).to_json()
 
 
 async def test_the_sweep_keeps_the_newest_stale_templates_and_nothing_else_is_touched(
@@ -493,7 +493,7 @@ def ensure_in_a_fresh_run(
 
 
 def cached_cluster(cache_dir: Path) -> Path:
-    clusters = list(cache_dir.glob("pg-template-*"))
+    clusters = list(cache_dir.glob("pg-cluster-*"))
     assert len(clusters) == 1, clusters
     return clusters[0]
 

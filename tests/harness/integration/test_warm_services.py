@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 from realstack.embedded.launcher import embedded_services
-from realstack.embedded.rundir import STATE_FILE, RunState, proc_start_time
+from realstack.embedded.rundir import STATE_FILE, RunState
 from realstack.embedded.warm import ServicesFile, StaleServicesError, load_warm_services
+from realstack.process import start_time
 from realstack.project import Project
 
 from tests.harness.helpers import write_project
@@ -82,7 +83,7 @@ def test_services_up_outlives_its_command_and_services_down_stops_them(
 
         assert down.returncode == 0, down.stdout + down.stderr
         assert not settings.services_file.exists()
-        assert proc_start_time(supervisor) is None
+        assert start_time(supervisor) is None
         assert not _answers(warm["POSTGRES_PORT"])
         assert runs_in(run_base) == []
     finally:

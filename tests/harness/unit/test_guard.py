@@ -8,8 +8,7 @@ tests/harness/integration).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +21,6 @@ ROOT = Path(__file__).resolve().parents[3]
 TIER = ROOT / "tests/harness"
 GUARDED = "tests/harness/integration"
 THIS_FILE = "tests/harness/unit/test_guard.py"
-PYTEST = (sys.executable, "-m", "pytest", "-c", str(TIER / "pyproject.toml"))
 
 PROJECT = Project(
     root=Path("/nonexistent/sample"),
@@ -283,27 +281,30 @@ def test_a_malformed_switch_is_refused_by_name() -> None:
 # ---------------------------------------------------------------- when pytest meets the guard
 
 
-def _run_pytest(
-    args: list[str], env_overrides: dict[str, str], cwd: Path = ROOT
-) -> subprocess.CompletedProcess[str]:
-    """pytest on the harness tier's configuration, with none of this run's harness variables."""
+@pytest.fixture
+def run_pytest(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., pytest.RunResult]:
+    """pytest on the harness tier's configuration (pytester, in a subprocess), with none of
+    this run's harness variables."""
     harness = {variable.name for variable in contract.VARIABLES}
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in harness
-        and not k.endswith(("_SERVICES_READY_FILE", "_TEST_RUN_ID", "DATABASE_URL"))
-        and k != "PYTEST_ADDOPTS"
-    }
-    env.update(env_overrides)
-    return subprocess.run(
-        [*PYTEST, "-p", "no:cacheprovider", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    for name in list(os.environ):
+        if (
+            name in harness
+            or name.endswith(("_SERVICES_READY_FILE", "_TEST_RUN_ID", "DATABASE_URL"))
+            or name == "PYTEST_ADDOPTS"
+        ):
+            monkeypatch.delenv(name)
+
+    def run(args: list[str], env: dict[str, str], cwd: Path = ROOT) -> pytest.RunResult:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.chdir(cwd)
+        return pytester.runpytest_subprocess(
+            "-c", str(TIER / "pyproject.toml"), "-p", "no:cacheprovider", *args, timeout=60
+        )
+
+    return run
 
 
 @pytest.mark.parametrize(
@@ -311,47 +312,55 @@ def _run_pytest(
     [([GUARDED], ROOT), (["tests/harness"], ROOT), (["-m", "integration"], TIER)],
     ids=["guarded path", "the tier", "marker, from the tier's folder"],
 )
-def test_pytest_exits_before_collection_on_a_sqlite_url(args: list[str], cwd: Path) -> None:
-    result = _run_pytest(args, {"TEST_DATABASE_URL": SQLITE_URL, **GOOD_S3}, cwd)
+def test_pytest_exits_before_collection_on_a_sqlite_url(
+    run_pytest: Callable[..., pytest.RunResult], args: list[str], cwd: Path
+) -> None:
+    result = run_pytest(args, {"TEST_DATABASE_URL": SQLITE_URL, **GOOD_S3}, cwd)
 
-    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
-    assert REQUIRES in result.stderr
-    assert "collected" not in result.stdout
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, str(result.stdout) + str(result.stderr)
+    assert REQUIRES in str(result.stderr)
+    assert "collected" not in str(result.stdout)
 
 
 @pytest.mark.parametrize("url", BAD_URLS.values(), ids=BAD_URLS.keys())
-def test_every_bad_url_stops_pytest_before_collection_with_the_password_masked(url: str) -> None:
-    result = _run_pytest([GUARDED], {"TEST_DATABASE_URL": url, **GOOD_S3})
+def test_every_bad_url_stops_pytest_before_collection_with_the_password_masked(
+    run_pytest: Callable[..., pytest.RunResult], url: str
+) -> None:
+    result = run_pytest([GUARDED], {"TEST_DATABASE_URL": url, **GOOD_S3})
 
-    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
-    assert REQUIRES in result.stderr
-    assert "hunter2" not in result.stderr + result.stdout
-    assert "collected" not in result.stdout
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, str(result.stdout) + str(result.stderr)
+    assert REQUIRES in str(result.stderr)
+    assert "hunter2" not in str(result.stderr) + str(result.stdout)
+    assert "collected" not in str(result.stdout)
 
 
 @pytest.mark.parametrize("blank", [None, *BLANKS.values()], ids=["unset", *BLANKS.keys()])
-def test_pytest_exits_before_collection_without_any_url(blank: str | None) -> None:
-    result = _run_pytest([GUARDED], {} if blank is None else {"TEST_DATABASE_URL": blank})
+def test_pytest_exits_before_collection_without_any_url(
+    run_pytest: Callable[..., pytest.RunResult], blank: str | None
+) -> None:
+    result = run_pytest([GUARDED], {} if blank is None else {"TEST_DATABASE_URL": blank})
 
-    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
-    assert NONE_CONFIGURED in result.stderr
-    assert "TEST_DATABASE_URL" in result.stderr
-    assert "collected" not in result.stdout
-
-
-def test_unit_only_runs_never_meet_the_guard() -> None:
-    result = _run_pytest(
-        [THIS_FILE, "-k", "accepts_an_asyncpg", "-q"], {"TEST_DATABASE_URL": SQLITE_URL}
-    )
-
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 passed" in result.stdout
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, str(result.stdout) + str(result.stderr)
+    assert NONE_CONFIGURED in str(result.stderr)
+    assert "TEST_DATABASE_URL" in str(result.stderr)
+    assert "collected" not in str(result.stdout)
 
 
-def test_deselecting_the_integration_marker_skips_the_guard() -> None:
-    result = _run_pytest(
-        ["tests/harness", "-m", "not integration", "-k", "accepts_an_asyncpg", "-q"],
+def test_unit_only_runs_never_meet_the_guard(run_pytest: Callable[..., pytest.RunResult]) -> None:
+    result = run_pytest(
+        [str(ROOT / THIS_FILE), "-k", "accepts_an_asyncpg", "-q"],
         {"TEST_DATABASE_URL": SQLITE_URL},
     )
 
-    assert result.returncode == 0, result.stdout + result.stderr
+    result.assert_outcomes(passed=1)
+
+
+def test_deselecting_the_integration_marker_skips_the_guard(
+    run_pytest: Callable[..., pytest.RunResult],
+) -> None:
+    result = run_pytest(
+        [str(ROOT / "tests/harness"), "-m", "not integration", "-k", "accepts_an_asyncpg", "-q"],
+        {"TEST_DATABASE_URL": SQLITE_URL},
+    )
+
+    assert result.ret == 0, str(result.stdout) + str(result.stderr)

@@ -22,7 +22,7 @@ def test_every_public_name_resolves(name: str) -> None:
 
 def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'janitor_internals'"):
-        _ = realstack.janitor_internals  # type: ignore[attr-defined]
+        _ = realstack.janitor_internals
 
 
 def test_importing_the_package_and_its_plugin_loads_nothing_heavy() -> None:

@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("up", help="start warm services that outlive this command")
     commands.add_parser("down", help="stop the warm services")
     commands.add_parser("clean", help="remove what killed runs left behind")
+    # `up` starts this in a session of its own; not for typing.
+    commands.add_parser("supervise", help=argparse.SUPPRESS)
     return parser
 
 
@@ -73,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .warm import services_up
 
             return services_up(settings)
+        if args.command == "supervise":
+            from .warm import supervise
+
+            return supervise(settings, sys.stdout)
         if args.command == "down":
             from .warm import services_down
 

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 from urllib.parse import quote
 
 from ..config import EmbeddedSettings, service_variables
+from ..process import free_port
 from .pg_cluster import release_shared_memory
 from .postgres import PostgresServer, psql_path
-from .procs import PortTakenError, ServiceStartError, free_port, server_user, signals_blocked
+from .procs import PortTakenError, ServiceStartError, server_user, signals_blocked
 from .rundir import RunDir
 from .s3 import SeaweedServer
 
@@ -164,7 +165,7 @@ class RunningServices:
 def create_embedded_services(
     settings: EmbeddedSettings,
     *,
-    use_template: bool = True,
+    use_cached_cluster: bool = True,
     port_chooser: Callable[[], int] = free_port,
     report: TextIO | None = sys.stderr,
 ) -> RunningServices:
@@ -179,7 +180,11 @@ def create_embedded_services(
     )
     try:
         postgres = PostgresServer(
-            run, settings, use_template=use_template, port_chooser=port_chooser, report=report
+            run,
+            settings,
+            use_cached_cluster=use_cached_cluster,
+            port_chooser=port_chooser,
+            report=report,
         )
         s3 = SeaweedServer(run, settings, port_chooser=port_chooser) if settings.with_s3 else None
     except BaseException:
@@ -191,13 +196,13 @@ def create_embedded_services(
 def start_embedded_services(
     settings: EmbeddedSettings,
     *,
-    use_template: bool = True,
+    use_cached_cluster: bool = True,
     port_chooser: Callable[[], int] = free_port,
     report: TextIO | None = sys.stderr,
 ) -> RunningServices:
     """Start the servers (call from the main thread); the caller must call .stop()."""
     running = create_embedded_services(
-        settings, use_template=use_template, port_chooser=port_chooser, report=report
+        settings, use_cached_cluster=use_cached_cluster, port_chooser=port_chooser, report=report
     )
     try:
         running.start(report)
@@ -212,14 +217,14 @@ def start_embedded_services(
 def embedded_services(
     settings: EmbeddedSettings,
     *,
-    use_template: bool = True,
+    use_cached_cluster: bool = True,
     port_chooser: Callable[[], int] = free_port,
     report: TextIO | None = sys.stderr,
 ) -> Iterator[RunningServices]:
     """Running servers for the block (their variables in `.env`); then stop them and remove
     the run dir."""
     running = start_embedded_services(
-        settings, use_template=use_template, port_chooser=port_chooser, report=report
+        settings, use_cached_cluster=use_cached_cluster, port_chooser=port_chooser, report=report
     )
     try:
         yield running

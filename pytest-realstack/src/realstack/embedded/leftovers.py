@@ -14,10 +14,8 @@ import sys
 from collections.abc import Mapping
 from typing import TextIO
 
-from .. import contract
 from ..config import EmbeddedSettings
-from ..guard import mask_url
-from ..project import Project
+from ..services import kinds_of
 from .pg_cluster import release_shared_memory
 from .rundir import sweep_dead_runs
 from .warm import StaleServicesError, load_warm_services
@@ -25,33 +23,13 @@ from .warm import StaleServicesError, load_warm_services
 PREFIX = "clean-leftovers:"
 
 
-async def _sweep_database(url: str, project: Project) -> list[str]:
-    from ..sweeps import sweep_dead_stores
-
-    return await sweep_dead_stores(url, project, include_kept=True)
-
-
-def _sweep_buckets(target: contract.S3Target, project: Project) -> list[str]:
-    from ..buckets import s3_client_for, sweep_dead_buckets  # boto3: S3 projects only
-
-    return sweep_dead_buckets(s3_client_for(target), project, include_kept=True)
-
-
-def service_targets(
-    settings: EmbeddedSettings, env: Mapping[str, str]
-) -> tuple[contract.DatabaseTarget, contract.S3Target | None]:
-    """The services the tests would use now: `env`, with live warm services' values on top.
-
-    Raises contract.ContractError on a malformed variable.
-    """
-    project = settings.project
+def service_variables(settings: EmbeddedSettings, env: Mapping[str, str]) -> dict[str, str]:
+    """The services the tests would use now: `env`, with live warm services' values on top."""
     warm: dict[str, str] = {}
     # Stale warm services are gone already: nothing of theirs to clean.
     with contextlib.suppress(StaleServicesError):
         warm = load_warm_services(settings) or {}
-    merged = {**env, **warm}
-    s3 = contract.resolve_s3(project, merged) if project.uses_s3 else None
-    return contract.resolve_database(project, merged), s3
+    return {**env, **warm}
 
 
 def clean(settings: EmbeddedSettings, env: Mapping[str, str], report: TextIO = sys.stdout) -> int:
@@ -63,21 +41,20 @@ def clean(settings: EmbeddedSettings, env: Mapping[str, str], report: TextIO = s
             settings.run_base, on_dead_run=lambda d: release_shared_memory(d / "pg")
         )
     ]
-    database, s3 = service_targets(settings, env)
+    variables = service_variables(settings, env)
     failed = False
-    if database.url is not None:
+    named = []
+    for kind in kinds_of(project):
+        where = kind.where(project, variables)
+        if not where:
+            continue
+        named.append(where)
         try:
-            removed += asyncio.run(_sweep_database(database.url, project))
+            removed += asyncio.run(kind.sweep_dead(project, variables, True))
         except Exception as exc:  # a service that is down: say so, go on with the rest
             failed = True
-            print(f"{PREFIX} could not check {mask_url(database.url)}: {exc}", file=report)
-    if s3 is not None and s3.endpoint_url is not None:
-        try:
-            removed += [f"bucket {name}" for name in _sweep_buckets(s3, project)]
-        except Exception as exc:
-            failed = True
-            print(f"{PREFIX} could not check {s3.endpoint_url}: {exc}", file=report)
-    if database.url is None and (s3 is None or s3.endpoint_url is None):
+            print(f"{PREFIX} could not check {kind.describe} at {where}: {exc}", file=report)
+    if not named:
         print(
             f"{PREFIX} no running services named (what embedded servers held dies with "
             "them); checked embedded run directories only.",

@@ -1,6 +1,8 @@
-"""A PostgreSQL cluster's data directory: the server settings, initdb's arguments, the
-template cache key, a fast copy owned by the server user, freeing a killed server's
-shared memory, and the superuser's SQL over the server's private Unix socket."""
+"""A PostgreSQL cluster's data directory: the server settings, initdb's arguments, the key of
+the cached cluster (an initdb'd data dir with the test role, copied at each start; not to be
+confused with the migrated *template databases* of realstack/templates.py, which a cached
+cluster may hold), a fast copy owned by the server user, freeing a killed server's shared
+memory, and the superuser's SQL over the server's private Unix socket."""
 
 from __future__ import annotations
 
@@ -10,13 +12,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..process import remove_unattached_shared_memory
 from ..project import Credentials
-from .procs import LIBC, RunAs
+from .procs import RunAs
 
-IPC_RMID = 0
 SUPERUSER = "postgres"
-# Bump when the template's contents change, so stale caches are not reused.
-TEMPLATE_FORMAT = "2"
+# Bump when what a cached cluster holds changes, so stale caches are not reused.
+CLUSTER_FORMAT = "2"
 SETTINGS = {
     # Test data is disposable: never wait for the disk.
     "fsync": "off",
@@ -42,11 +44,11 @@ INITDB_ARGS = (
 )
 
 
-def template_key(version_line: str, creds: Credentials) -> str:
+def cluster_key(version_line: str, creds: Credentials) -> str:
     import hashlib  # not at import time: the launcher imports this before starting the command
 
     password_hash = hashlib.sha256(creds.pg_password.encode()).hexdigest()
-    fields = (TEMPLATE_FORMAT, version_line, creds.pg_user, creds.pg_database, password_hash)
+    fields = (CLUSTER_FORMAT, version_line, creds.pg_user, creds.pg_database, password_hash)
     return hashlib.sha256("\n".join(fields).encode()).hexdigest()[:16]
 
 
@@ -102,14 +104,9 @@ def release_shared_memory(datadir: Path) -> None:
         key, shmid = (
             int(x) for x in (datadir / "postmaster.pid").read_text().split("\n")[6].split()
         )
-        rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
     except (OSError, IndexError, ValueError):
         return
-    for row in rows:
-        fields = row.split()
-        # nattch (field 7) == 0: no process of that server is still attached.
-        if fields[:2] == [str(key), str(shmid)] and fields[6] == "0":
-            LIBC.shmctl(shmid, IPC_RMID, None)
+    remove_unattached_shared_memory(key, shmid)
 
 
 def database_dirs(datadir: Path) -> set[str] | None:
@@ -197,7 +194,7 @@ async def drop_other_databases(socket_dir: Path, port: int, keep: set[str]) -> N
             [*keep, "postgres"],
         )
         for (name,) in rows:
-            await conn.execute(f'DROP DATABASE "{name.replace(chr(34), chr(34) * 2)}" WITH (FORCE)')
+            await conn.execute(f"DROP DATABASE {quote_ident(name)} WITH (FORCE)")
     finally:
         await conn.close()
 

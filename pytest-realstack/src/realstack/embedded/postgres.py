@@ -1,5 +1,6 @@
-"""The PostgreSQL server of a run: initdb and postgres driven directly, a cached cluster
-template for fast starts, and readiness as a real TCP login with the test credentials.
+"""The PostgreSQL server of a run: initdb and postgres driven directly, a cached cluster (an
+initdb'd data dir, copied) for fast starts, and readiness as a real TCP login with the test
+credentials.
 
 asyncio, asyncpg and pg_binaries are imported where used: the launcher imports this module
 before it starts the wrapped command, whose start-up should not wait for them."""
@@ -20,11 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from ..config import EmbeddedSettings
+from ..process import free_port
 from ..project import Credentials
 from .pg_cluster import (
     INITDB_ARGS,
     bootstrap_roles,
     cached_templates,
+    cluster_key,
     copy_cluster,
     database_dirs,
     drop_other_databases,
@@ -32,12 +35,10 @@ from .pg_cluster import (
     release_shared_memory,
     save_cluster,
     server_args,
-    template_key,
 )
 from .procs import (
     Readiness,
     ServiceStartError,
-    free_port,
     log_tail,
     spawn,
     stop_process,
@@ -86,7 +87,7 @@ class PostgresServer:
         run: RunDir,
         settings: EmbeddedSettings,
         *,
-        use_template: bool = True,
+        use_cached_cluster: bool = True,
         port_chooser: Callable[[], int] = free_port,
         ready_probe: Callable[[], None] | None = None,
         report: TextIO | None = sys.stderr,
@@ -94,7 +95,7 @@ class PostgresServer:
         self.run = run
         self.settings = settings
         self.creds = settings.credentials
-        self.use_template = use_template
+        self.use_cached_cluster = use_cached_cluster
         self.port_chooser = port_chooser
         self.ready_probe = ready_probe
         self.report = report
@@ -120,12 +121,12 @@ class PostgresServer:
 
         self.started = time.monotonic()
         self.binaries = locate_binaries(self.settings, self.run.run_as, self.report)
-        if self.use_template:
-            template = self._ensure_template(self.binaries)
-            copy_cluster(template / "data", self.datadir, self.run.run_as)
-            self.cluster, self.cached = template, cached_templates(template)
+        if self.use_cached_cluster:
+            cluster = self._ensure_cached_cluster(self.binaries)
+            copy_cluster(cluster / "data", self.datadir, self.run.run_as)
+            self.cluster, self.cached = cluster, cached_templates(cluster)
             self._copied_databases = database_dirs(self.datadir)
-            self.origin = "template"
+            self.origin = "cached cluster"
         else:
             self._initdb(self.binaries, self.datadir)
             self._needs_bootstrap = True
@@ -217,13 +218,13 @@ class PostgresServer:
                 f"{log_tail([log])}"
             )
 
-    def _ensure_template(self, binaries: PgBinaries) -> Path:
+    def _ensure_cached_cluster(self, binaries: PgBinaries) -> Path:
         """An initdb'd cluster with the test user and database, built once per
         version and credentials, then copied: ~65 ms instead of ~300 ms for initdb."""
         from .pg_binaries import ensure_cache_dir
 
         cache = ensure_cache_dir(self.settings.cache_dir)
-        final = cache / f"pg-template-{template_key(binaries.version_line, self.creds)}"
+        final = cache / f"pg-cluster-{cluster_key(binaries.version_line, self.creds)}"
         if (final / "data").is_dir():
             return final
         build = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
@@ -231,25 +232,25 @@ class PostgresServer:
             if self.run.run_as:
                 os.chown(build, self.run.run_as.uid, self.run.run_as.gid)
             self._initdb(binaries, build / "data")
-            self._bootstrap_template(binaries, build / "data")
-            # Atomic: a concurrent run either sees no template or a complete one.
+            self._bootstrap_cluster(binaries, build / "data")
+            # Atomic: a concurrent run either sees no cached cluster or a complete one.
             with contextlib.suppress(OSError):
                 os.rename(build, final)
         finally:
             shutil.rmtree(build, ignore_errors=True)
         return final
 
-    def _bootstrap_template(self, binaries: PgBinaries, datadir: Path) -> None:
+    def _bootstrap_cluster(self, binaries: PgBinaries, datadir: Path) -> None:
         # No TCP listener: the port only names the Unix socket in the private run dir.
         port = self.port_chooser()
-        log = self.run.path / "template.log"
+        log = self.run.path / "cluster-build.log"
         argv = [str(binaries.tool("postgres")), *server_args(datadir, port, "", self.run.path)]
         proc = spawn(argv, log_path=log, cwd=self.run.path, run_as=self.run.run_as)
         self.run.add_child(proc, "postgres")
         timeout_s = self.settings.timeout_s
         try:
             ready = Readiness(
-                "postgres (building the template)",
+                "postgres (building the cached cluster)",
                 f"{self.run.path}/.s.PGSQL.{port}",
                 proc,
                 [log],
@@ -266,7 +267,7 @@ class PostgresServer:
             stop_process(proc, signal.SIGINT)
         if proc.returncode not in (0, -signal.SIGINT):
             raise ServiceStartError(
-                f"postgres: building the template failed with code {proc.returncode}.\n"
+                f"postgres: building the cached cluster failed with code {proc.returncode}.\n"
                 f"{log_tail([log])}"
             )
 

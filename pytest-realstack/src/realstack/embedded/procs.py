@@ -1,10 +1,10 @@
-"""Server processes: the unprivileged user, free ports, spawning with the parent-death signal,
-stopping, readiness polling with a deadline, and the errors the launcher reports."""
+"""Launching the servers: the unprivileged user, spawning with the parent-death signal, stopping,
+readiness polling with a deadline, and the errors the launcher reports. What a process is, and
+waits in general, belong to the process layer (realstack/process.py)."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import grp
 import os
 import pwd
@@ -19,11 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..contract import TEST_SERVICES_TIMEOUT
+from ..process import die_with_parent, is_stopped, poll_until, resume_tree
 
 LOG_TAIL_LINES = 20
-_PR_SET_PDEATHSIG = 1
-# Loaded before any fork: the child must not dlopen between fork and exec.
-LIBC = ctypes.CDLL(None, use_errno=True)
 _PORT_CONFLICT = re.compile(
     r"could not bind|address already in use|Port allocation failed", re.IGNORECASE
 )
@@ -76,41 +74,6 @@ def server_user() -> RunAs | None:
     return RunAs("nobody", user.pw_uid, gid)
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write a file so that a reader sees no file or the whole of it, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def free_port() -> int:
-    """A port that is free now; the server may still lose it (see PortTakenError)."""
-    import socket  # not at import time: the launcher imports this before starting the command
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def choose_ports(count: int, chooser: Callable[[], int]) -> list[int]:
-    """`count` distinct ports: the kernel may hand the same ephemeral port out twice."""
-    ports: list[int] = []
-    for _ in range(count * 20):
-        port = chooser()
-        if port not in ports:
-            ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise HarnessSetupError(f"could not find {count} distinct free ports on 127.0.0.1")
-
-
 def is_port_conflict(log_text: str) -> bool:
     return bool(_PORT_CONFLICT.search(log_text))
 
@@ -131,19 +94,6 @@ def log_tail(paths: Sequence[Path], lines: int = LOG_TAIL_LINES) -> str:
         if tail:
             chunks.append(f"last lines of {path}:\n" + "\n".join("  " + t for t in tail))
     return "\n".join(chunks) or "(the log is empty)"
-
-
-def die_with_parent(parent_pid: int, sig: signal.Signals = signal.SIGKILL) -> Callable[[], None]:
-    """A preexec_fn: the child gets `sig` when the thread that started it exits."""
-
-    def preexec() -> None:
-        # subprocess switches user before calling this, so the setting survives the
-        # switch (a credential change would clear it).
-        LIBC.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
 
 
 def spawn(
@@ -175,47 +125,6 @@ def spawn(
         )
 
 
-def descendants(root: int) -> set[int]:
-    """Every process below `root` (PostgreSQL's backends lead process groups of their own)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = (entry / "stat").read_text()
-                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found: set[int] = set()
-    frontier = {root}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def signal_tree(leader: int, sig: signal.Signals) -> None:
-    """`sig` to the leader's process group and to every process below it; for SIGSTOP the
-    leader first (it forks no more), for SIGCONT the leader last."""
-    targets = sorted(descendants(leader))
-    if sig == signal.SIGSTOP:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(leader, sig)
-        targets = sorted(descendants(leader))  # now a fixed set: the leader is stopped
-    for pid in targets:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-    if sig != signal.SIGSTOP:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(leader, sig)
-
-
-def is_stopped(pid: int) -> bool:
-    """Stopped by a signal (state T or t); True on doubt, when /proc cannot say."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2] in "Tt"
-    except (OSError, ValueError, IndexError):
-        return True
-
-
 def stop_process(proc: subprocess.Popen[bytes], sig: signal.Signals, grace_s: float = 5.0) -> None:
     if proc.poll() is not None:
         return
@@ -223,11 +132,11 @@ def stop_process(proc: subprocess.Popen[bytes], sig: signal.Signals, grace_s: fl
         # A server paused by a fault test (realstack/faults.py) must run to handle `sig`,
         # and so must its children (PostgreSQL's backends, in groups of their own). A pause
         # stops the leader first and a resume continues it last, so a running leader means
-        # nothing of its tree is stopped: skip the walk over /proc (~2 ms, more on busy hosts).
+        # nothing of its tree is stopped: skip the walk over the process table (~2 ms).
         paused = is_stopped(proc.pid)
         proc.send_signal(sig)
         if paused and os.getpgid(proc.pid) == proc.pid:
-            signal_tree(proc.pid, signal.SIGCONT)
+            resume_tree(proc.pid)
     try:
         proc.wait(grace_s)
     except subprocess.TimeoutExpired:
@@ -250,8 +159,9 @@ class Readiness:
 
 def wait_until_ready(ready: Readiness, probe: Callable[[], None], cancel: threading.Event) -> None:
     """Call `probe` until it stops raising; raise ServiceStartError or PortTakenError otherwise."""
-    last_error = "none yet"
-    while True:
+    last_error = ["none yet"]
+
+    def answered() -> bool:
         code = ready.proc.poll()
         if code is not None:
             tail = log_tail(ready.logs)
@@ -265,16 +175,18 @@ def wait_until_ready(ready: Readiness, probe: Callable[[], None], cancel: thread
             raise CancelledError(ready.name)
         try:
             probe()
-            return
         except Exception as exc:  # any failure of the probe means "not ready yet"
-            last_error = f"{type(exc).__name__}: {exc}"
-        if time.monotonic() >= ready.deadline:
-            raise ServiceStartError(
-                f"{ready.name} was not ready at {ready.address} within {ready.timeout_s:g} s; "
-                f"last probe error: {last_error}.\n{log_tail(ready.logs)}\n"
-                f"fix: if the machine is just slow, raise {TEST_SERVICES_TIMEOUT.name} (seconds)"
-            )
-        cancel.wait(ready.interval_s)
+            last_error[0] = f"{type(exc).__name__}: {exc}"
+            return False
+        return True
+
+    remaining = max(0.0, ready.deadline - time.monotonic())
+    if not poll_until(answered, timeout_s=remaining, interval_s=ready.interval_s, wait=cancel.wait):
+        raise ServiceStartError(
+            f"{ready.name} was not ready at {ready.address} within {ready.timeout_s:g} s; "
+            f"last probe error: {last_error[0]}.\n{log_tail(ready.logs)}\n"
+            f"fix: if the machine is just slow, raise {TEST_SERVICES_TIMEOUT.name} (seconds)"
+        )
 
 
 @contextlib.contextmanager

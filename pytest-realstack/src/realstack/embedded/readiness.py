@@ -12,15 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from ..config import EmbeddedSettings
 from ..contract import TEST_SERVICES_TIMEOUT
+from ..process import is_same_process, poll_until, write_atomic
 from ..project import Project
-from .procs import write_atomic
-from .rundir import STATE_FILE, RunState, proc_start_time
+from .rundir import STATE_FILE, RunState
 
 # The launcher's own deadline is settings.timeout_s (and the template build's); this covers
 # the copy of the binaries, a port retry and a loaded machine.
@@ -66,7 +65,7 @@ def _launcher_gone(run_dir: Path) -> str | None:
         state = RunState.load((run_dir / STATE_FILE).read_text())
     except (OSError, ValueError, KeyError, TypeError):
         return None  # not a launcher's run dir, or one being written: rely on the deadline
-    if proc_start_time(state.owner_pid) != state.owner_start:
+    if not is_same_process(state.owner_pid, state.owner_start):
         return f"its process {state.owner_pid} is dead (its run directory {run_dir} remains)"
     return None
 
@@ -97,8 +96,8 @@ def read_ready_file(
 
     Raises ServicesNotReadyError at once when the launcher is gone, or at the deadline.
     """
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def written() -> dict[str, str] | None:
         try:
             return _parse(path, path.read_text())
         except FileNotFoundError:
@@ -110,15 +109,18 @@ def read_ready_file(
                 f"became ready ({path}, named by {variable}, was not written). "
                 f"fix: read the launcher's messages above, then run `{LAUNCHER} -- CMD` again"
             )
-        if time.monotonic() >= deadline:
-            raise ServicesNotReadyError(
-                f"the embedded services were not ready within {timeout_s:g} s: {path} (named "
-                f"by {variable}) did not appear. The launcher ({LAUNCHER}) writes it once every "
-                "server answers; see its messages above. fix: if the machine is just slow, "
-                f"raise {TEST_SERVICES_TIMEOUT.name}; if you start the services yourself, "
-                f"unset {variable}"
-            )
-        time.sleep(interval_s)
+        return None
+
+    found = poll_until(written, timeout_s=timeout_s, interval_s=interval_s)
+    if found is None:
+        raise ServicesNotReadyError(
+            f"the embedded services were not ready within {timeout_s:g} s: {path} (named "
+            f"by {variable}) did not appear. The launcher ({LAUNCHER}) writes it once every "
+            "server answers; see its messages above. fix: if the machine is just slow, "
+            f"raise {TEST_SERVICES_TIMEOUT.name}; if you start the services yourself, "
+            f"unset {variable}"
+        )
+    return found
 
 
 def ready_file_of(project: Project, env: Mapping[str, str]) -> Path | None:

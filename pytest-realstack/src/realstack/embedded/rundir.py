@@ -1,5 +1,6 @@
-"""One run's private directory and state file, process identity across pid reuse, and the
-sweep of what dead runs (a SIGKILLed launcher, say) left behind."""
+"""One run's private directory and state file, and the sweep of what dead runs (a SIGKILLed
+launcher, say) left behind. A process is identified by its pid and start time
+(realstack/process.py), so a reused pid is never taken for one of ours."""
 
 from __future__ import annotations
 
@@ -17,45 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..contract import TEST_HARNESS_RUN_BASE
-from .procs import HarnessSetupError, RunAs, write_atomic
+from ..process import cmdline, is_same_process, start_time, write_atomic
+from .procs import HarnessSetupError, RunAs
 
 STATE_FILE = "state.json"
-
-
-def proc_start_time(pid: int) -> int | None:
-    """Clock ticks since boot: with the pid, it identifies a process across pid reuse."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return parse_start_time(stat)
-
-
-def parse_start_time(stat: str) -> int:
-    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])
-
-
-def proc_cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
 @dataclass
 class Child:
     pid: int
-    start: int
+    start: float  # process.start_time
     program: str  # basename of argv[0]; checked again before the sweep kills anything
 
 
 @dataclass
 class RunState:
     owner_pid: int
-    owner_start: int
+    owner_start: float
     children: list[Child] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # outside the run dir, e.g. weed's /tmp sockets
 
@@ -74,8 +53,8 @@ class RunState:
         data = json.loads(text)
         return cls(
             int(data["owner_pid"]),
-            int(data["owner_start"]),
-            [Child(int(c["pid"]), int(c["start"]), str(c["program"])) for c in data["children"]],
+            float(data["owner_start"]),
+            [Child(int(c["pid"]), float(c["start"]), str(c["program"])) for c in data["children"]],
             [str(f) for f in data["files"]],
         )
 
@@ -87,7 +66,7 @@ class RunDir:
         self.path = path
         self.run_as = run_as
         me = os.getpid()
-        self.state = RunState(me, proc_start_time(me) or 0)
+        self.state = RunState(me, start_time(me) or 0.0)
         self._lock = threading.Lock()
         self._save()
 
@@ -113,7 +92,7 @@ class RunDir:
 
     def add_child(self, proc: subprocess.Popen[bytes], program: str) -> None:
         with self._lock:
-            start = proc_start_time(proc.pid) or 0
+            start = start_time(proc.pid) or 0.0
             self.state.children.append(Child(proc.pid, start, program))
             self._save()
 
@@ -172,7 +151,7 @@ def sweep_dead_runs(
             continue
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if proc_start_time(state.owner_pid) == state.owner_start:
+        if is_same_process(state.owner_pid, state.owner_start):
             continue
         for child in state.children:
             _kill_if_still_ours(child, run)
@@ -185,9 +164,9 @@ def sweep_dead_runs(
 
 
 def _kill_if_still_ours(child: Child, run: Path) -> None:
-    if proc_start_time(child.pid) != child.start:
+    if not is_same_process(child.pid, child.start):
         return
-    argv = proc_cmdline(child.pid)
+    argv = cmdline(child.pid)
     if argv and Path(argv[0]).name == child.program and any(str(run) in a for a in argv):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(child.pid, signal.SIGKILL)

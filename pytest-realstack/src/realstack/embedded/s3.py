@@ -22,12 +22,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..config import EmbeddedSettings
+from ..process import PortsExhaustedError, choose_ports, free_port
 from ..project import Credentials
 from .procs import (
     HarnessSetupError,
     Readiness,
-    choose_ports,
-    free_port,
     spawn,
     stop_process,
     wait_until_ready,
@@ -232,7 +231,11 @@ class SeaweedServer:
 
     def spawn(self) -> None:
         names = [n for c in COMPONENTS for n in (c, c + ".grpc")]
-        self.ports = dict(zip(names, choose_ports(len(names), self.port_chooser), strict=True))
+        try:
+            ports = choose_ports(len(names), self.port_chooser)
+        except PortsExhaustedError as exc:
+            raise HarnessSetupError(str(exc)) from None
+        self.ports = dict(zip(names, ports, strict=True))
         data = self.workdir / "data"
         shutil.rmtree(data, ignore_errors=True)  # a failed attempt may have left state
         data.mkdir()

@@ -22,14 +22,14 @@ from types import FrameType
 from typing import TextIO
 
 from ..config import EmbeddedSettings
-from ..contract import resolve_database
+from ..contract import POSTGRES_PORT, resolve_database
+from ..process import free_port
 from ..project import Project
 from .launcher import RunningServices, create_embedded_services
 from .procs import (
     HarnessSetupError,
     ServiceStartError,
     exit_status,
-    free_port,
     signals_blocked,
     stop_process,
 )
@@ -141,7 +141,7 @@ def _run_on_warm(child: _Child, project: Project, warm: Mapping[str, str], repor
 
     print(
         f"embedded services: using the warm services of `{COMMAND} up` (PostgreSQL on port "
-        f"{warm.get('POSTGRES_PORT', '?')}); `{COMMAND} down` stops them, and later runs then "
+        f"{warm.get(POSTGRES_PORT.name, '?')}); `{COMMAND} down` stops them, and later runs then "
         "start their own",
         file=report,
         flush=True,
@@ -200,7 +200,7 @@ def run_command(
     *,
     after_ready: bool = False,
     keep_on_failure: bool | None = None,
-    use_template: bool = True,
+    use_cached_cluster: bool = True,
     port_chooser: Callable[[], int] = free_port,
     report: TextIO = sys.stderr,
 ) -> int:
@@ -222,7 +222,10 @@ def run_command(
                 with signals_blocked():
                     child.stop()
         running = create_embedded_services(
-            settings, use_template=use_template, port_chooser=port_chooser, report=report
+            settings,
+            use_cached_cluster=use_cached_cluster,
+            port_chooser=port_chooser,
+            report=report,
         )
         try:
             child.check()

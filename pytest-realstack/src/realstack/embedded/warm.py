@@ -19,17 +19,17 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..config import EmbeddedSettings
 from ..contract import VARIABLES
+from ..process import is_same_process, poll_until, start_time, write_atomic
 from ..project import Project
-from .procs import write_atomic
-from .rundir import proc_start_time
+from ..services import kinds_of
 
 STOP_TIMEOUT_S = 30.0
 COMMAND = f"python -m {__package__}"
@@ -44,7 +44,9 @@ class StaleServicesError(RuntimeError):
 class ServicesFile:
     """What the services file says: the supervisor (pid and start time) and the variables."""
 
-    def __init__(self, path: Path, supervisor: tuple[int, int] | None, variables: dict[str, str]):
+    def __init__(
+        self, path: Path, supervisor: tuple[int, float] | None, variables: dict[str, str]
+    ) -> None:
         self.path = path
         self.supervisor = supervisor
         self.variables = variables
@@ -68,7 +70,7 @@ class ServicesFile:
             )
         supervisor = data.get("supervisor") or {}
         try:
-            owner = (int(supervisor["pid"]), int(supervisor["started"]))
+            owner = (int(supervisor["pid"]), float(supervisor["started"]))
         except (KeyError, TypeError, ValueError):
             owner = None
         raw = data.get("variables") or {}
@@ -80,8 +82,7 @@ class ServicesFile:
     def supervisor_alive(self) -> bool:
         if self.supervisor is None:
             return False
-        pid, started = self.supervisor
-        return proc_start_time(pid) == started  # same pid and not a reused one
+        return is_same_process(*self.supervisor)
 
 
 def write_services_file(path: Path, project: Project, env: Mapping[str, str]) -> None:
@@ -90,7 +91,7 @@ def write_services_file(path: Path, project: Project, env: Mapping[str, str]) ->
         "format": FORMAT,
         "written_by": f"`{COMMAND} up`; `{COMMAND} down` stops the services and removes it",
         "project": str(project.root),
-        "supervisor": {"pid": pid, "started": proc_start_time(pid)},
+        "supervisor": {"pid": pid, "started": start_time(pid)},
         "variables": {k: v for k, v in env.items() if k in _KNOWN},
     }
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -107,8 +108,7 @@ def _port_answers(host: str, port: str) -> bool:
 
 def _endpoints(project: Project) -> list[tuple[str, str]]:
     """(host key, port key) of each service the project uses."""
-    pairs = [("POSTGRES_HOST", "POSTGRES_PORT")]
-    return [*pairs, ("MINIO_HOST", "MINIO_PORT")] if project.uses_s3 else pairs
+    return [(kind.host.name, kind.port.name) for kind in kinds_of(project)]
 
 
 def load_warm_services(settings: EmbeddedSettings) -> dict[str, str] | None:
@@ -134,26 +134,31 @@ def load_warm_services(settings: EmbeddedSettings) -> dict[str, str] | None:
     return values
 
 
-def _supervise(report_fd: int, settings: EmbeddedSettings) -> None:
-    """The detached process: start the servers, publish the file, wait for `down`."""
+def supervise(settings: EmbeddedSettings, report: TextIO) -> int:
+    """The detached supervisor (`python -m realstack.embedded supervise`, started by `up`):
+    start the servers, publish the services file, say READY on `report` (then close it), and
+    wait for `down` (SIGTERM), SIGINT or SIGHUP."""
     from .launcher import start_embedded_services
 
-    with os.fdopen(report_fd, "w") as report:
-        try:
-            running = start_embedded_services(settings, report=report)
-        except Exception as error:
-            report.write(f"ERROR {error}\n")
-            return
-        # Blocked only now: the servers must not inherit a blocked mask.
-        stop_signals = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    try:
+        running = start_embedded_services(settings, report=report)
+    except Exception as error:
+        report.write(f"ERROR {error}\n")
+        return 3
+    # Blocked only now: the servers must not inherit a blocked mask.
+    stop_signals = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    try:
         write_services_file(settings.services_file, settings.project, running.env)
         report.write(f"READY {settings.services_file}\n")
-    try:
+        report.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, report.fileno())  # `up` has what it needed; it may exit now
         signal.sigwait(stop_signals)
     finally:
         settings.services_file.unlink(missing_ok=True)
         running.stop()
+    return 0
 
 
 def services_up(settings: EmbeddedSettings) -> int:
@@ -165,19 +170,18 @@ def services_up(settings: EmbeddedSettings) -> int:
             return 0
     except StaleServicesError:
         path.unlink(missing_ok=True)
-    read_fd, write_fd = os.pipe()
-    if os.fork() == 0:  # the supervisor: its own session, so the terminal's Ctrl-C spares it
-        os.close(read_fd)
-        os.setsid()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        try:
-            _supervise(write_fd, settings)
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as report:
+    pyproject = settings.project.root / "pyproject.toml"
+    # Its own session, so the terminal's Ctrl-C spares it; it outlives this command.
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", __package__, "--project", str(pyproject), "supervise"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        text=True,
+    )
+    assert supervisor.stdout is not None
+    with supervisor.stdout as report:
         for line in report:
             if line.startswith("READY"):
                 print(f"services up: ready; the tests use them while {path} exists.")
@@ -205,12 +209,9 @@ def services_down(settings: EmbeddedSettings) -> int:
         path.unlink(missing_ok=True)
         print("services down: the services were already gone; removed the stale file.")
         return 0
-    pid = found.supervisor[0]
+    pid, started = found.supervisor
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while proc_start_time(pid) is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if proc_start_time(pid) is not None:
+    if not poll_until(lambda: not is_same_process(pid, started), timeout_s=STOP_TIMEOUT_S):
         print(
             f"services down: supervisor {pid} did not stop in {STOP_TIMEOUT_S:g} s", file=sys.stderr
         )

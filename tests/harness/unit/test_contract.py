@@ -1,0 +1,57 @@
+"""The table of variables: each owns its parser and its default, a blank value counts as unset,
+and the credentials become the variables tox and its containers read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from realstack import contract
+from realstack.project import Project
+
+from tests.harness.helpers import write_project
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return write_project(tmp_path / "sample")
+
+
+def test_a_variable_with_a_default_has_a_value_when_unset_or_blank(project: Project) -> None:
+    assert contract.TEST_TIMEOUT.value({}, project) == 60.0
+    assert contract.TEST_TIMEOUT.value({"TEST_TIMEOUT": "  "}, project) == 60.0
+    assert contract.TEST_TIMEOUT.value({"TEST_TIMEOUT": "5"}, project) == 5.0
+    assert str(contract.TEST_HARNESS_CACHE_DIR.value({}, project)).startswith("/var/tmp/sample-")
+
+
+def test_a_variable_without_a_default_has_no_value(project: Project) -> None:
+    assert contract.TEST_DATABASE_URL.get({}, project) is None
+    with pytest.raises(TypeError, match="TEST_DATABASE_URL has no default"):
+        contract.TEST_DATABASE_URL.value({}, project)
+
+
+def test_a_malformed_value_names_the_variable_and_hides_a_secret(project: Project) -> None:
+    with pytest.raises(contract.ContractError, match="TEST_TIMEOUT='soon' must be a positive"):
+        contract.TEST_TIMEOUT.value({"TEST_TIMEOUT": "soon"}, project)
+
+
+def test_the_credentials_become_the_variables_tox_hands_the_containers(project: Project) -> None:
+    creds = project.credentials
+
+    postgres_only = contract.credential_variables(creds, with_s3=False)
+    with_s3 = contract.credential_variables(creds, with_s3=True)
+
+    assert postgres_only == {
+        "POSTGRES_USER": "sample_test",
+        "POSTGRES_PASSWORD": "sample_test_pw",
+        "POSTGRES_DB": "sample_test",
+    }
+    assert with_s3 == postgres_only | {
+        "MINIO_ROOT_USER": "sample-test",
+        "MINIO_ROOT_PASSWORD": "sample-test-secret",
+    }
+
+
+def test_every_variable_is_in_the_table_once() -> None:
+    names = [v.name for v in contract.VARIABLES]
+    assert len(names) == len(set(names))

@@ -1,0 +1,58 @@
+"""The [tool.harness] table: every problem reported at once with a complete example, the names
+that derive from `name`, and which paths are guarded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from realstack.project import ProjectConfigError, find_pyproject, load_project
+
+from tests.harness.helpers import write_project
+
+
+def _table(root: Path, body: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "alembic.ini").write_text("[alembic]\n")
+    (root / "pyproject.toml").write_text("[tool.harness]\n" + body)
+    return root / "pyproject.toml"
+
+
+def test_every_problem_of_the_table_is_reported_at_once(tmp_path: Path) -> None:
+    pyproject = _table(
+        tmp_path,
+        'name = "Bad Name"\nservices = ["mysql"]\nadapter = "not a module"\nsurprise = 1\n',
+    )
+
+    with pytest.raises(ProjectConfigError) as problems:
+        load_project(pyproject)
+
+    message = str(problems.value)
+    assert "4 problem(s)" in message
+    for part in ("unknown keys ['surprise']", "name: 'Bad Name'", "services:", "adapter:"):
+        assert part in message
+    assert "a complete table looks like" in message
+
+
+def test_the_names_derive_from_the_projects_name(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "sample", name="my-service")
+
+    assert project.credentials.pg_user == "my_service_test"
+    assert project.credentials.s3_access_key == "my-service-test"
+    assert project.stamp_mark == "my-service-test-harness"
+    assert project.run_id_variable == "MY_SERVICE_TEST_RUN_ID"
+
+
+def test_a_path_is_guarded_when_it_is_in_or_holds_a_guarded_path(tmp_path: Path) -> None:
+    project = load_project(_table(tmp_path, 'name = "s"\nadapter = "a"\n'))
+    guarded = tmp_path / "tests" / "integration"
+
+    assert project.is_guarded(guarded)
+    assert project.is_guarded(guarded / "test_x.py")
+    assert project.is_guarded(tmp_path / "tests")  # a run of tests/ collects integration too
+    assert not project.is_guarded(tmp_path / "tests" / "unit")
+
+
+def test_without_a_table_above_it_the_search_names_the_table_to_add(tmp_path: Path) -> None:
+    with pytest.raises(ProjectConfigError, match=r"no pyproject.toml with a \[tool.harness\]"):
+        find_pyproject(tmp_path)
