@@ -22,7 +22,7 @@ SHARD ?=
 DURATIONS := .test_durations
 
 .DEFAULT_GOAL := help
-.PHONY: help tools lock test-unit test-integration test-harness test lint type coverage dev services-up services-down clean-leftovers bench bench-services durations shard-check clean
+.PHONY: help tools lock test-unit test-tooling test-integration test-harness test lint type coverage dev services-up services-down clean-leftovers bench bench-services durations shard-check clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,6 +46,9 @@ lock: tools ## rewrite locks/ after changing pyproject.toml; UPGRADE=NAME moves 
 
 test-unit: tools ## the app's unit tests: no Docker, no database, no network
 	$(TOX) -e unit $(if $(ARGS),-- $(ARGS))
+
+test-tooling: tools ## the repository's tooling: locks, shard checks, tox.ini's contract (no services)
+	$(TOX) -e tooling $(if $(ARGS),-- $(ARGS))
 
 test-integration: tools ## the app's integration tests on real PostgreSQL + S3 (tox-docker, or embedded); SHARD=i/n for one shard
 	@env=$$($(MAKE) --no-print-directory _integration-env) || exit $$?; \
@@ -88,9 +91,9 @@ _integration-env:
 test-harness: tools ## the harness's own tests, on a sample app (embedded services)
 	$(TOX) -e harness $(if $(ARGS),-- $(ARGS))
 
-test: test-unit test-integration test-harness ## all tests: unit, integration, then the harness's own
+test: test-unit test-tooling test-integration test-harness ## all tests: unit, tooling, integration, then the harness's own
 
-lint: tools ## the locks up to date, ruff check and format check, the GitHub workflow checked
+lint: tools ## the locks up to date, ruff check and format check, the harness's layer contracts, the GitHub workflow checked
 	$(TOX) -e lint
 
 type: tools ## mypy --strict
