@@ -60,19 +60,24 @@ test-integration: tools ## the app's integration tests on real PostgreSQL + S3 (
 	  JUNIT_XML=$(CURDIR)/reports/integration-shard-$$1-of-$$2.xml \
 	  $(TOX) --workdir .tox/shard-$$1-of-$$2 -e $$env -- \
 	    --splits $$2 --group $$1 --splitting-algorithm least_duration --durations-path $(DURATIONS) \
-	    $(or $(ARGS),tests/integration); \
+	    $(or $(ARGS),tests/integration); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then \
+	    echo "make: shard $$1 of $$2 holds no test (more shards than tests, or ARGS selected none of its share); nothing to run" >&2; exit 0; \
+	  fi; exit $$rc; \
 	fi
 
-# Prints "i n" for SHARD=i/n, or fails saying what is wrong with it.
+# Prints "i n" for SHARD=i/n, or fails saying what is wrong with it: whole numbers without
+# leading zeros (SHARD=2/02 would name a report shard-check never reads), 1 <= i <= n <= MAX_SHARDS
+# (pytest-split builds every group in memory: SHARD=1/99999999999999999999 grew it to 24 GB).
+MAX_SHARDS := 1000
 _shard:
-	@s='$(SHARD)'; case "$$s" in \
-	  */*) i=$${s%%/*}; n=$${s#*/} ;; \
-	  *) i=; n= ;; \
-	esac; \
-	case "$$i$$n" in ''|*[!0-9]*) echo "make: SHARD must be i/n with 1 <= i <= n, e.g. SHARD=1/2 (got '$(SHARD)')" >&2; exit 2 ;; esac; \
-	if [ "$$i" -lt 1 ] || [ "$$i" -gt "$$n" ]; then \
-	  echo "make: SHARD must be i/n with 1 <= i <= n, e.g. SHARD=1/2 (got '$(SHARD)')" >&2; exit 2; \
-	fi; \
+	@s='$(SHARD)'; \
+	bad() { echo "make: SHARD must be i/n, whole numbers without leading zeros, 1 <= i <= n <= $(MAX_SHARDS), e.g. SHARD=1/2 (got '$$s')" >&2; exit 2; }; \
+	case "$$s" in */*) i=$${s%%/*}; n=$${s#*/} ;; *) bad ;; esac; \
+	for x in "$$i" "$$n"; do \
+	  case "$$x" in [1-9]|[1-9][0-9]|[1-9][0-9][0-9]|[1-9][0-9][0-9][0-9]) ;; *) bad ;; esac; \
+	done; \
+	{ [ "$$n" -le $(MAX_SHARDS) ] && [ "$$i" -le "$$n" ]; } || bad; \
 	echo "$$i $$n"
 
 # Prints the tox env to use, and on stderr one line saying which and why.
