@@ -43,6 +43,8 @@ class HarnessConfig:
     # databases, else "schema"; decided once by safety.choose_per_run before any test.
     per_run: str = "database"
     test_timeout_s: float = 60.0
+    # How long a run waits for another's template build (TEST_SERVICES_TIMEOUT).
+    services_timeout_s: float = 30.0
 
     def to_json(self) -> str:
         """For xdist workers, which take the controller's result instead of resolving again."""
@@ -79,6 +81,7 @@ def resolve_config(
         keep_on_failure=contract.TEST_KEEP_ON_FAILURE.value(env, project),
         allow_user_tables=contract.TEST_ALLOW_USER_TABLES.value(env, project),
         test_timeout_s=contract.TEST_TIMEOUT.value(env, project),
+        services_timeout_s=contract.TEST_SERVICES_TIMEOUT.value(env, project),
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -27,7 +28,7 @@ from .migrations import MigrationError, prepare
 from .stamps import RunNames
 from .stash import ADAPTER, CONFIG, RUN_BUCKET
 from .sweeps import sweep_dead_stores
-from .templates import ensure_template
+from .templates import run_database
 
 
 def stop_run(config: pytest.Config, message: str) -> NoReturn:
@@ -88,15 +89,22 @@ async def _run_store(
     if sweeps(run_names):
         removed = await sweep_dead_stores(server_url, harness_config.project)
         report_removed(request, "", removed)
-    template = None
-    if harness_config.per_run == "database":
-        metadata = request.getfixturevalue("app_adapter").metadata
+    async with AsyncExitStack() as stack:
         try:
-            template = await ensure_template(server_url, harness_config.project, metadata)
+            if harness_config.per_run == "database":
+                metadata = request.getfixturevalue("app_adapter").metadata
+                own = run_database(
+                    server_url,
+                    harness_config.project,
+                    metadata,
+                    run_names,
+                    wait_s=harness_config.services_timeout_s,
+                )
+            else:
+                own = run_store(server_url, run_names, "schema")
+            store = await stack.enter_async_context(own)
         except MigrationError as exc:
             stop_run(request.config, str(exc))
-    per_run = harness_config.per_run
-    async with run_store(server_url, run_names, per_run, template=template) as store:
         yield store
         store.keep = keep_on_failure(request, harness_config)
 

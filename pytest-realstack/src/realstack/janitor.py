@@ -41,6 +41,20 @@ async def set_cleanup_deadline(conn: AsyncConnection) -> None:
     await conn.execute(text(f"SET LOCAL lock_timeout = '{CLEANUP_LOCK_TIMEOUT}'"))
 
 
+class TemplateVanishedError(RuntimeError):
+    """The template to clone was dropped (by a concurrent run's sweep) before the clone."""
+
+
+def _lock_key(name: str) -> dict[str, str]:
+    return {"n": name}
+
+
+# A template's advisory lock: its builder and its sweeper hold it exclusively, each clone shared,
+# so a template is never dropped while a run clones it (templates.py takes the exclusive one).
+LOCK_SHARED = text("SELECT pg_advisory_lock_shared(hashtextextended(:n, 0))")
+UNLOCK_SHARED = text("SELECT pg_advisory_unlock_shared(hashtextextended(:n, 0))")
+
+
 async def drop_database(conn: AsyncConnection, name: str) -> None:
     """Drop a database, closing the connections a test left open (`conn`: AUTOCOMMIT). A
     template is first made an ordinary database, which DROP requires; gone already is fine."""
@@ -213,16 +227,36 @@ class DatabaseJanitor(StoreJanitor):
         self.url = database_url(server_url, names.database)
 
     async def _create(self, conn: AsyncConnection) -> None:
-        clone = ""
         if self.template:
-            clone = f" TEMPLATE {quote(conn, self.template)} STRATEGY {CLONE_STRATEGY}"
-        await conn.execute(text(f"CREATE DATABASE {quote(conn, self.name)}{clone}"))
+            await self._clone(conn, self.template)
+        else:
+            await conn.execute(text(f"CREATE DATABASE {quote(conn, self.name)}"))
         await self._write_stamp(conn, self.stamp)
         await conn.execute(
             text(
                 f"ALTER DATABASE {quote(conn, self.name)} SET lock_timeout = '{TEST_LOCK_TIMEOUT}'"
             )
         )
+
+    async def _clone(self, conn: AsyncConnection, template: str) -> None:
+        """CREATE DATABASE ... TEMPLATE under the template's shared lock, which a sweeper's
+        exclusive one excludes; TemplateVanishedError if it was dropped before the lock."""
+        await conn.execute(text(f"SET lock_timeout = '{CLEANUP_LOCK_TIMEOUT}'"))
+        await conn.execute(LOCK_SHARED, _lock_key(template))
+        try:
+            if not await conn.scalar(
+                text("SELECT datistemplate FROM pg_database WHERE datname = :n"), {"n": template}
+            ):
+                raise TemplateVanishedError(template)
+            await conn.execute(
+                text(
+                    f"CREATE DATABASE {quote(conn, self.name)} "
+                    f"TEMPLATE {quote(conn, template)} STRATEGY {CLONE_STRATEGY}"
+                )
+            )
+        finally:
+            await conn.execute(UNLOCK_SHARED, _lock_key(template))
+            await conn.execute(text("RESET lock_timeout"))
 
     async def _read_stamp(self, conn: AsyncConnection) -> str | None:
         found = await conn.scalar(_DATABASE_STAMP, {"name": self.name})

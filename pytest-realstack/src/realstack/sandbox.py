@@ -14,7 +14,7 @@ from .engines import create_test_engine
 from .janitor import run_store
 from .migrations import prepare
 from .stamps import RunNames
-from .templates import ensure_template
+from .templates import run_database
 
 
 @asynccontextmanager
@@ -26,14 +26,20 @@ async def sandbox(
     and `worker`; yield the targets an app needs; drop both at exit (unless `keep`)."""
     names = RunNames(config.project, config.run_id, worker)
     metadata = load_adapter(config.project).metadata
-    template = None
-    if config.per_run == "database":
-        template = await ensure_template(config.database_url, config.project, metadata)
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(
-            run_store(config.database_url, names, config.per_run, keep=keep, template=template)
-        )
-        if template is None:
+        if config.per_run == "database":
+            own = run_database(
+                config.database_url,
+                config.project,
+                metadata,
+                names,
+                keep=keep,
+                wait_s=config.services_timeout_s,
+            )
+        else:
+            own = run_store(config.database_url, names, "schema", keep=keep)
+        store = await stack.enter_async_context(own)
+        if store.schema is not None:  # no template: migrate the run's own schema
             engine = create_test_engine(store.url, store.schema, poolclass=NullPool)
             try:
                 async with engine.begin() as conn:

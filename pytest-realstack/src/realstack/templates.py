@@ -8,26 +8,38 @@ drift check reruns when a model changes), the PostgreSQL major version and TEMPL
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tomllib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import NullPool
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from .engines import autocommit_engine, create_test_engine, database_url
-from .janitor import comment_on_database, drop_database, quote
-from .migrations import alembic_config, prepare
+from .janitor import (
+    StoreJanitor,
+    TemplateVanishedError,
+    comment_on_database,
+    drop_database,
+    quote,
+    run_store,
+)
+from .migrations import MigrationError, alembic_config, prepare
 from .project import Project
-from .stamps import Stamp
+from .stamps import RunNames, Stamp
 
 TEMPLATE_FORMAT = "1"  # bump when what a template holds, or how it is keyed, changes
-BUILD_LOCK_TIMEOUT = "600s"  # how long a run waits for another's build before it gives up
+BUILD_WAIT_S = 30.0  # how long a run waits for another's build (TEST_SERVICES_TIMEOUT)
+LOCK_NOT_AVAILABLE = "55P03"
 KEEP_STALE = 2  # templates of other fingerprints kept per project (other branches, say)
 
 
@@ -115,29 +127,85 @@ async def sweep_stale_templates(conn: AsyncConnection, project: Project, current
     stale = [name for _, name in sorted(complete, reverse=True)[KEEP_STALE:]]
     dropped = []
     for name in stale + half_built:
+        # Exclusive: not while another run builds, sweeps or clones it (a clone holds the lock
+        # shared, janitor.DatabaseJanitor._clone). A concurrent sweep may drop it first: then
+        # this one skips it; housekeeping never fails a run.
         got = await conn.scalar(
             text("SELECT pg_try_advisory_lock(hashtextextended(:n, 0))"), {"n": name}
         )
-        if got:  # else someone is building or sweeping it right now
+        if got:
             try:
-                await drop_database(conn, name)
-                dropped.append(name)
+                with contextlib.suppress(DBAPIError):
+                    await drop_database(conn, name)
+                    dropped.append(name)
             finally:
                 await _unlock(conn, name)
     return dropped
 
 
-async def ensure_template(server_url: str, project: Project, metadata: MetaData) -> str:
+async def _build_lock_holder(conn: AsyncConnection, project: Project, name: str) -> str:
+    """Who holds a template's build lock: the builder's stamp on the half-built template if it
+    has written one, else the server backend that holds the lock."""
+    stamp = Stamp.from_json(
+        project,
+        await conn.scalar(
+            text(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = :n"
+            ),
+            {"n": name},
+        ),
+    )
+    if stamp is not None:
+        return f"pid {stamp.pid} on host {stamp.host}, building since {stamp.created_at}"
+    row = (
+        await conn.execute(
+            text(
+                "SELECT a.pid, a.client_addr, a.backend_start FROM pg_locks l "
+                "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+                "AND l.granted AND l.mode = 'ExclusiveLock' "
+                "AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended(:n, 0)"
+            ),
+            {"n": name},
+        )
+    ).first()
+    if row is None:
+        return "a session that has let it go since"
+    return f"server backend {row[0]} (client {row[1] or 'local'}, connected since {row[2]})"
+
+
+async def _take_build_lock(
+    conn: AsyncConnection, project: Project, name: str, wait_s: float
+) -> None:
+    await conn.execute(text(f"SET lock_timeout = '{int(wait_s * 1000)}ms'"))
+    try:
+        await _lock(conn, name)
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        holder = await _build_lock_holder(conn, project, name)
+        raise MigrationError(
+            f"waited {wait_s:g} s for another run's build of the migrated template {name} "
+            f"(its advisory lock, hashtextextended('{name}', 0)), held by {holder}.\n"
+            f"  fix:  let that run finish, or stop it (a killed builder's half-built template "
+            f"is dropped by the next run); raise TEST_SERVICES_TIMEOUT if builds are just slow"
+        ) from None
+    finally:
+        await conn.execute(text("RESET lock_timeout"))
+
+
+async def ensure_template(
+    server_url: str, project: Project, metadata: MetaData, *, wait_s: float = BUILD_WAIT_S
+) -> str:
     """The name of the migrated (and drift-checked) template for the current source, built now
-    if this server has none; raises MigrationError (DriftError) when the build fails."""
+    if this server has none; raises MigrationError (DriftError) when the build fails, or when
+    another run's build holds it longer than `wait_s`."""
     admin = autocommit_engine(server_url)
     try:
         async with admin.connect() as conn:
             version = int(await conn.scalar(text("SHOW server_version_num")) or 0)
             fp = fingerprint(project, metadata, version)
             name = template_prefix(project) + fp
-            await conn.execute(text(f"SET lock_timeout = '{BUILD_LOCK_TIMEOUT}'"))
-            await _lock(conn, name)
+            await _take_build_lock(conn, project, name, wait_s)
             try:
                 ready = await conn.scalar(
                     text("SELECT datistemplate FROM pg_database WHERE datname = :n"), {"n": name}
@@ -149,7 +217,39 @@ async def ensure_template(server_url: str, project: Project, metadata: MetaData)
                 await _build(conn, server_url, project, metadata, name, fp)
             finally:
                 await _unlock(conn, name)
-            await sweep_stale_templates(conn, project, name)
+            with contextlib.suppress(DBAPIError):  # housekeeping: never fails the run
+                await sweep_stale_templates(conn, project, name)
             return name
     finally:
         await admin.dispose()
+
+
+# How often a run builds the template again when a concurrent run's sweep dropped it between
+# the build and the clone (it holds the template's shared lock from then on).
+CLONE_ATTEMPTS = 3
+
+
+@asynccontextmanager
+async def run_database(
+    server_url: str,
+    project: Project,
+    metadata: MetaData,
+    names: RunNames,
+    *,
+    keep: bool = False,
+    wait_s: float = BUILD_WAIT_S,
+) -> AsyncIterator[StoreJanitor]:
+    """The run's own database, a clone of the migrated template for the current source (built
+    first if the server has none); dropped at exit unless `keep` (or `.keep`)."""
+    async with AsyncExitStack() as stack:
+        for attempt in range(1, CLONE_ATTEMPTS + 1):
+            template = await ensure_template(server_url, project, metadata, wait_s=wait_s)
+            try:
+                store = await stack.enter_async_context(
+                    run_store(server_url, names, "database", keep=keep, template=template)
+                )
+                break
+            except TemplateVanishedError:
+                if attempt == CLONE_ATTEMPTS:
+                    raise
+        yield store

@@ -29,8 +29,14 @@ from realstack.contract import resolve_database
 from realstack.embedded.launcher import embedded_services
 from realstack.embedded.pg_cluster import TEMPLATES_FILE
 from realstack.engines import autocommit_engine, create_test_engine
-from realstack.janitor import comment_on_database, run_store
-from realstack.migrations import DriftError
+from realstack.janitor import (
+    LOCK_SHARED,
+    UNLOCK_SHARED,
+    comment_on_database,
+    drop_database,
+    run_store,
+)
+from realstack.migrations import DriftError, MigrationError
 from realstack.process import apoll_until
 from realstack.project import Project
 from realstack.stamps import RunNames, Stamp
@@ -38,6 +44,7 @@ from realstack.templates import (
     KEEP_STALE,
     ensure_template,
     fingerprint,
+    run_database,
     sweep_stale_templates,
     template_prefix,
 )
@@ -458,6 +465,94 @@ async def test_a_build_sweeps_the_stale_templates_of_its_project(
     name = await ensure_template(database_url, project, METADATA)
 
     assert await databases_of(admin, project) == sorted([name, *stale[1:]])
+
+
+async def test_the_sweep_never_drops_a_template_a_run_is_cloning(
+    project: Project, admin: AsyncEngine
+) -> None:
+    """A clone holds its template's lock shared (janitor.DatabaseJanitor._clone): the sweep's
+    exclusive try fails, so the template stays until the clone is done."""
+    prefix = template_prefix(project)
+    stale = [f"{prefix}{day:016d}" for day in range(1, 5)]  # the two oldest are beyond KEEP_STALE
+    async with autocommit(admin).connect() as conn:
+        for day, name in enumerate(stale, start=1):
+            await create_template(conn, name, stamp_of(project, f"2020-01-{day:02d}T00:00:00Z"))
+    being_cloned = stale[0]
+    async with autocommit(admin).connect() as clone, autocommit(admin).connect() as conn:
+        await clone.execute(LOCK_SHARED, {"n": being_cloned})
+        while_cloning = await sweep_stale_templates(conn, project, f"{prefix}{'c' * 16}")
+        await clone.execute(UNLOCK_SHARED, {"n": being_cloned})
+        afterwards = await sweep_stale_templates(conn, project, f"{prefix}{'c' * 16}")
+
+    assert while_cloning == [stale[1]]
+    assert afterwards == [being_cloned]
+
+
+async def test_a_template_a_concurrent_sweep_dropped_before_the_clone_is_built_again(
+    project: Project,
+    admin: AsyncEngine,
+    database_url: str,
+    run_names: RunNames,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The window between ensure_template and the clone's shared lock: another run's sweep drops
+    the template right there (an injection point), and the run builds it again and clones."""
+    real_ensure = templates.ensure_template
+    dropped: list[str] = []
+
+    async def ensure_then_lose_it(
+        url: str, proj: Project, metadata: MetaData, *, wait_s: float = 30.0
+    ) -> str:
+        name = await real_ensure(url, proj, metadata, wait_s=wait_s)
+        if not dropped:
+            async with autocommit(admin).connect() as conn:
+                await drop_database(conn, name)
+            dropped.append(name)
+        return name
+
+    monkeypatch.setattr(templates, "ensure_template", ensure_then_lose_it)
+    names = names_for(run_names, "vanish")
+
+    async with run_database(database_url, project, METADATA, names) as store:
+        engine = create_test_engine(store.url, None, poolclass=NullPool)
+        try:
+            tables = await schema_of(engine)
+        finally:
+            await engine.dispose()
+
+    assert dropped == [await current_name(admin, project)]
+    assert "notes" in tables.tables
+    assert await run_leftovers(admin, names.run_id) == []
+
+
+async def test_waiting_on_another_runs_build_is_bounded_and_names_the_holder(
+    project: Project, admin: AsyncEngine, database_url: str
+) -> None:
+    name = await current_name(admin, project)
+    async with autocommit(admin).connect() as builder:
+        holder = await builder.scalar(text("SELECT pg_backend_pid()"))
+        await builder.execute(text("SELECT pg_advisory_lock(hashtextextended(:n, 0))"), {"n": name})
+        # Bounded: without the lock timeout this would wait for the holder (forever here).
+        with pytest.raises(MigrationError) as waited:
+            await ensure_template(database_url, project, METADATA, wait_s=1.0)
+
+    message = str(waited.value)
+    assert f"waited 1 s for another run's build of the migrated template {name}" in message
+    assert f"held by server backend {holder}" in message
+    assert "fix:" in message and "TEST_SERVICES_TIMEOUT" in message
+
+
+async def test_a_failed_sweep_never_fails_the_run(
+    project: Project, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken_sweep(*args: object) -> list[str]:
+        raise DBAPIError("DROP DATABASE ...", {}, Exception("database does not exist"))
+
+    monkeypatch.setattr(templates, "sweep_stale_templates", broken_sweep)
+
+    name = await ensure_template(database_url, project, METADATA)
+
+    assert name.startswith(template_prefix(project))
 
 
 # Across runs: the templates of `project` the server held before ensure_template, and the one it
