@@ -50,6 +50,19 @@ def _seconds(raw: str) -> float:
     return value
 
 
+# Below this a deadline fails working services and tests: their set-up alone takes longer.
+MIN_TIMEOUT_S = 1.0
+
+
+def _timeout(raw: str) -> float:
+    value = _seconds(raw)
+    if value < MIN_TIMEOUT_S:
+        raise ValueError(
+            f"is below the minimum of {MIN_TIMEOUT_S:g} s (a start or a test takes longer), e.g. 30"
+        )
+    return value
+
+
 def _hosts(raw: str) -> frozenset[str]:
     return frozenset(h.strip().lower() for h in raw.split(",") if h.strip())
 
@@ -185,7 +198,7 @@ TEST_SERVICES_TIMEOUT = Variable(
     "TEST_SERVICES_TIMEOUT",
     SetBy.USER,
     "embedded path: seconds each service may take to become ready (also the template build)",
-    _seconds,
+    _timeout,
     "30",
 )
 TEST_TIMEOUT = Variable(
@@ -193,7 +206,7 @@ TEST_TIMEOUT = Variable(
     SetBy.USER,
     "seconds one guarded test may run before pytest-timeout fails it where it hangs "
     "(a test's own @pytest.mark.timeout wins)",
-    _seconds,
+    _timeout,
     "60",
 )
 TEST_HARNESS_CACHE_DIR = Variable(

@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -183,6 +183,38 @@ def remove_unattached_shared_memory(key: int, shmid: int) -> bool:
         if fields[:2] == [str(key), str(shmid)] and fields[6] == "0":
             return bool(LIBC.shmctl(shmid, _IPC_RMID, None) == 0)
     return False
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[bool]:
+    """Try to hold an exclusive lock on `path` (created if missing) for the block; yields
+    whether this process got it. The kernel drops it when the process dies, however it dies."""
+    import fcntl
+
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def processes_running(argv_tail: list[str]) -> list[int]:
+    """The pids of this user's processes whose argv ends with `argv_tail`."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "uids"]):
+        argv = proc.info["cmdline"] or []
+        uids = proc.info["uids"]
+        if uids is not None and uids.real != os.getuid():
+            continue
+        if len(argv) >= len(argv_tail) and argv[-len(argv_tail) :] == argv_tail:
+            found.append(proc.pid)
+    return found
 
 
 def free_port() -> int:

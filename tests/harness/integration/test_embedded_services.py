@@ -508,7 +508,7 @@ def test_a_server_that_never_becomes_ready_fails_at_the_deadline_with_its_log(
     assert_nothing_left(run_base, [])
 
 
-def test_building_the_template_honours_the_timeout(
+def test_building_the_cached_cluster_honours_the_timeout(
     pg_settings: EmbeddedSettings, run_base: Path, fake_postgres: Callable[..., Path]
 ) -> None:
     bindir = fake_postgres('echo "FAKE: no socket" >&2\nexec sleep 60\n')

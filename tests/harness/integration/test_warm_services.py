@@ -5,25 +5,34 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from realstack.config import EmbeddedSettings
 from realstack.embedded.launcher import embedded_services
 from realstack.embedded.rundir import STATE_FILE, RunState
-from realstack.embedded.warm import ServicesFile, StaleServicesError, load_warm_services
-from realstack.process import start_time
+from realstack.embedded.warm import (
+    ServicesFile,
+    StaleServicesError,
+    load_warm_services,
+    supervise_argv,
+)
+from realstack.process import processes_running, start_time
 from realstack.project import Project
 
 from tests.harness.helpers import write_project
 
 from .embedded_support import (
     PACKAGE,
+    assert_nothing_left,
     cli_env,
     runs_in,
     settings_for,
+    wait_for,
 )
 
 NEVER_ALIVE_PID = 2**22 + 1
@@ -238,3 +247,73 @@ def test_clean_removes_dead_runs_keeps_live_ones_and_needs_no_boto3_without_s3(
 
     assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
     assert f"removed embedded run directory {dead}" in cleaned.stdout
+
+
+def _supervisors(settings: EmbeddedSettings) -> list[int]:
+    return processes_running(supervise_argv(settings))
+
+
+def test_two_ups_at_once_start_one_supervisor_and_the_second_says_so(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    project = write_project(tmp_path / "sample", ("postgres",))
+    settings = settings_for(project, run_base, cache_dir)
+    env = cli_env(run_base, cache_dir)
+    command = [sys.executable, "-m", PACKAGE, "up"]
+    try:
+        ups = [
+            subprocess.Popen(command, cwd=project.root, env=env, stdout=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        said = [up.communicate(timeout=120)[0] for up in ups]
+
+        assert [up.returncode for up in ups] == [0, 0]
+        assert sum("ready;" in out for out in said) == 1
+        assert sum("already running" in out for out in said) == 1
+        assert len(_supervisors(settings)) == 1
+    finally:
+        _cli(project, env, "down")
+    assert _supervisors(settings) == []
+    assert_nothing_left(run_base, [])
+
+
+def test_a_stopping_supervisor_leaves_a_services_file_that_names_another(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    project = write_project(tmp_path / "sample", ("postgres",))
+    settings = settings_for(project, run_base, cache_dir)
+    env = cli_env(run_base, cache_dir)
+    assert _cli(project, env, "up").returncode == 0
+    (supervisor,) = _supervisors(settings)
+    # Another supervisor's file (this test process stands in for it, alive).
+    _write_services_file(settings.services_file, {"POSTGRES_PORT": "1"}, pid=os.getpid())
+    document = json.loads(settings.services_file.read_text())
+    document["supervisor"]["started"] = start_time(os.getpid())
+    settings.services_file.write_text(json.dumps(document))
+    try:
+        os.kill(supervisor, signal.SIGTERM)
+        wait_for(lambda: start_time(supervisor) is None, "the supervisor to stop")
+
+        assert settings.services_file.exists()  # not its own: left alone
+        assert json.loads(settings.services_file.read_text())["supervisor"]["pid"] == os.getpid()
+    finally:
+        settings.services_file.unlink(missing_ok=True)
+    assert_nothing_left(run_base, [])
+
+
+def test_clean_leftovers_stops_a_supervisor_no_services_file_names(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    project = write_project(tmp_path / "sample", ("postgres",))
+    settings = settings_for(project, run_base, cache_dir)
+    env = cli_env(run_base, cache_dir)
+    assert _cli(project, env, "up").returncode == 0
+    (supervisor,) = _supervisors(settings)
+    settings.services_file.unlink()  # untracked now: `down` would not find it
+
+    cleaned = _cli(project, env, "clean")
+
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    assert f"untracked warm-services supervisor, pid {supervisor}" in cleaned.stdout
+    assert start_time(supervisor) is None
+    assert_nothing_left(run_base, [])

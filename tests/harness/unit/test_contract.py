@@ -55,3 +55,15 @@ def test_the_credentials_become_the_variables_tox_hands_the_containers(project: 
 def test_every_variable_is_in_the_table_once() -> None:
     names = [v.name for v in contract.VARIABLES]
     assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("variable", [contract.TEST_TIMEOUT, contract.TEST_SERVICES_TIMEOUT])
+@pytest.mark.parametrize("raw", ["0.001", "0.5"])
+def test_a_timeout_below_the_minimum_is_refused_by_name(
+    project: Project, variable: contract.Variable[float], raw: str
+) -> None:
+    with pytest.raises(contract.ContractError) as refused:
+        variable.value({variable.name: raw}, project)
+
+    assert f"{variable.name}='{raw}' is below the minimum of 1 s" in str(refused.value)
+    assert "fix:" in str(refused.value)

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 from ..config import EmbeddedSettings
 from ..contract import VARIABLES
-from ..process import is_same_process, poll_until, start_time, write_atomic
+from ..process import cmdline, exclusive_lock, is_same_process, poll_until, start_time, write_atomic
 from ..project import Project
 from ..services import kinds_of
 
@@ -79,10 +79,15 @@ class ServicesFile:
         }
         return cls(path, owner, variables)
 
-    def supervisor_alive(self) -> bool:
-        if self.supervisor is None:
+    def supervisor_alive(self, settings: EmbeddedSettings | None = None) -> bool:
+        """The named supervisor runs (and, given the settings, is this checkout's: a file
+        naming some other live process is not believed)."""
+        if self.supervisor is None or not is_same_process(*self.supervisor):
             return False
-        return is_same_process(*self.supervisor)
+        if settings is None:
+            return True
+        tail = supervise_argv(settings)
+        return cmdline(self.supervisor[0])[-len(tail) :] == tail
 
 
 def write_services_file(path: Path, project: Project, env: Mapping[str, str]) -> None:
@@ -121,7 +126,7 @@ def load_warm_services(settings: EmbeddedSettings) -> dict[str, str] | None:
     if found is None:
         return None
     values = found.variables
-    dead = [] if found.supervisor_alive() else [f"supervisor {found.supervisor or '?'}"]
+    dead = [] if found.supervisor_alive(settings) else [f"supervisor {found.supervisor or '?'}"]
     for host_key, port_key in _endpoints(settings.project):
         if not _port_answers(values.get(host_key, "127.0.0.1"), values.get(port_key, "")):
             dead.append(f"{port_key}={values.get(port_key, '?')}")
@@ -138,6 +143,26 @@ def supervise(settings: EmbeddedSettings, report: TextIO) -> int:
     """The detached supervisor (`python -m realstack.embedded supervise`, started by `up`):
     start the servers, publish the services file, say READY on `report` (then close it), and
     wait for `down` (SIGTERM), SIGINT or SIGHUP."""
+    # One supervisor per checkout: a second `up` started at the same time finds the lock held
+    # and changes nothing; the lock goes with this process, however it ends.
+    with exclusive_lock(supervisor_lock(settings)) as mine:
+        if not mine:
+            report.write("ALREADY\n")
+            return 0
+        return _supervise_locked(settings, report)
+
+
+def supervisor_lock(settings: EmbeddedSettings) -> Path:
+    return settings.services_file.with_suffix(".lock")
+
+
+def supervise_argv(settings: EmbeddedSettings) -> list[str]:
+    """The supervisor's command line after the interpreter: how `clean` recognises one."""
+    pyproject = settings.project.root / "pyproject.toml"
+    return ["-m", __package__, "--project", str(pyproject), "supervise"]
+
+
+def _supervise_locked(settings: EmbeddedSettings, report: TextIO) -> int:
     from .launcher import start_embedded_services
 
     try:
@@ -156,9 +181,19 @@ def supervise(settings: EmbeddedSettings, report: TextIO) -> int:
         os.dup2(devnull, report.fileno())  # `up` has what it needed; it may exit now
         signal.sigwait(stop_signals)
     finally:
-        settings.services_file.unlink(missing_ok=True)
+        _remove_if_ours(settings.services_file)
         running.stop()
     return 0
+
+
+def _remove_if_ours(path: Path) -> None:
+    """Remove the services file only if it names this supervisor: never another's."""
+    try:
+        found = ServicesFile.read(path)
+    except StaleServicesError:
+        return
+    if found is not None and found.supervisor is not None and found.supervisor[0] == os.getpid():
+        path.unlink(missing_ok=True)
 
 
 def services_up(settings: EmbeddedSettings) -> int:
@@ -170,10 +205,9 @@ def services_up(settings: EmbeddedSettings) -> int:
             return 0
     except StaleServicesError:
         path.unlink(missing_ok=True)
-    pyproject = settings.project.root / "pyproject.toml"
     # Its own session, so the terminal's Ctrl-C spares it; it outlives this command.
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", __package__, "--project", str(pyproject), "supervise"],
+        [sys.executable, *supervise_argv(settings)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -186,6 +220,9 @@ def services_up(settings: EmbeddedSettings) -> int:
             if line.startswith("READY"):
                 print(f"services up: ready; the tests use them while {path} exists.")
                 print(f"  `{COMMAND} down` stops them.")
+                return 0
+            if line.startswith("ALREADY"):
+                print(f"services up: already running (another `up` started them); {path}.")
                 return 0
             if line.startswith("ERROR"):
                 print(f"services up: {line.removeprefix('ERROR ').strip()}", file=sys.stderr)
