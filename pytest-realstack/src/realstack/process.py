@@ -4,6 +4,9 @@ psutil answers every question about a process (its identity across pid reuse, it
 it is stopped), so nothing else reads /proc; `poll_until` and its async twin are the one way to
 wait for a condition with a deadline; free loopback ports; files written atomically; and the
 parent-death signal a child server gets from the thread that started it.
+
+psutil is imported where it is used: the guard's path imports this module, and must stay light
+(psutil's import is ~13 ms).
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
-
-import psutil
 
 T = TypeVar("T")
 _PR_SET_PDEATHSIG = 1
@@ -36,6 +37,8 @@ class PortsExhaustedError(RuntimeError):
 def start_time(pid: int) -> float | None:
     """When process `pid` started (seconds since the epoch), or None when there is none. With
     the pid it identifies a process: a reused pid has another start time."""
+    import psutil
+
     try:
         return psutil.Process(pid).create_time()
     except psutil.Error:
@@ -53,6 +56,8 @@ def is_same_process(pid: int, started: float) -> bool:
 
 def cmdline(pid: int) -> list[str]:
     """The process's argv, [] when it is gone or hidden."""
+    import psutil
+
     try:
         return psutil.Process(pid).cmdline()
     except psutil.Error:
@@ -61,6 +66,8 @@ def cmdline(pid: int) -> list[str]:
 
 def descendants(pid: int) -> set[int]:
     """Every process below `pid` (PostgreSQL's backends lead process groups of their own)."""
+    import psutil
+
     try:
         return {child.pid for child in psutil.Process(pid).children(recursive=True)}
     except psutil.Error:
@@ -69,6 +76,8 @@ def descendants(pid: int) -> set[int]:
 
 def is_stopped(pid: int) -> bool:
     """Stopped by a signal (state T or t); True on doubt, when the process cannot be read."""
+    import psutil
+
     try:
         status = psutil.Process(pid).status()
     except psutil.NoSuchProcess:
@@ -206,6 +215,8 @@ def exclusive_lock(path: Path) -> Iterator[bool]:
 
 def processes_running(argv_tail: list[str]) -> list[int]:
     """The pids of this user's processes whose argv ends with `argv_tail`."""
+    import psutil
+
     found = []
     for proc in psutil.process_iter(["cmdline", "uids"]):
         argv = proc.info["cmdline"] or []

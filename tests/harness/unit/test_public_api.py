@@ -12,7 +12,17 @@ import pytest
 import realstack
 
 DISTRIBUTION = Path(__file__).resolve().parents[3] / "pytest-realstack"
-HEAVY = ("sqlalchemy", "asyncpg", "alembic", "httpx", "boto3", "botocore", "fastapi", "tox")
+HEAVY = (
+    "sqlalchemy",
+    "asyncpg",
+    "alembic",
+    "httpx",
+    "boto3",
+    "botocore",
+    "fastapi",
+    "tox",
+    "psutil",
+)
 
 
 @pytest.mark.parametrize("name", realstack.__all__)
@@ -26,7 +36,12 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
 
 
 def test_importing_the_package_and_its_plugin_loads_nothing_heavy() -> None:
-    probe = "import sys, realstack, realstack.plugin; print(' '.join(sorted(sys.modules)))"
+    # ... nor what the guard's path imports before it refuses a URL (plugin._resolve).
+    probe = (
+        "import sys, realstack, realstack.plugin, realstack.embedded.procs, "
+        "realstack.embedded.readiness, realstack.embedded.warm; "
+        "print(' '.join(sorted(sys.modules)))"
+    )
     loaded = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     ).stdout.split()
