@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -277,14 +278,30 @@ def test_two_ups_at_once_start_one_supervisor_and_the_second_says_so(
     assert_nothing_left(run_base, [])
 
 
-def test_a_stopping_supervisor_leaves_a_services_file_that_names_another(
-    tmp_path: Path, run_base: Path, cache_dir: Path
-) -> None:
+@dataclass(frozen=True)
+class Warm:
+    """A sample project's warm services, started by `up`, and their one supervisor."""
+
+    project: Project
+    settings: EmbeddedSettings
+    env: dict[str, str]
+    supervisor: int
+
+
+def _warm_up(tmp_path: Path, run_base: Path, cache_dir: Path) -> Warm:
     project = write_project(tmp_path / "sample", ("postgres",))
     settings = settings_for(project, run_base, cache_dir)
     env = cli_env(run_base, cache_dir)
     assert _cli(project, env, "up").returncode == 0
     (supervisor,) = _supervisors(settings)
+    return Warm(project, settings, env, supervisor)
+
+
+def test_a_stopping_supervisor_leaves_a_services_file_that_names_another(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    warm = _warm_up(tmp_path, run_base, cache_dir)
+    settings, supervisor = warm.settings, warm.supervisor
     # Another supervisor's file (this test process stands in for it, alive).
     _write_services_file(settings.services_file, {"POSTGRES_PORT": "1"}, pid=os.getpid())
     document = json.loads(settings.services_file.read_text())
@@ -304,14 +321,11 @@ def test_a_stopping_supervisor_leaves_a_services_file_that_names_another(
 def test_clean_leftovers_stops_a_supervisor_no_services_file_names(
     tmp_path: Path, run_base: Path, cache_dir: Path
 ) -> None:
-    project = write_project(tmp_path / "sample", ("postgres",))
-    settings = settings_for(project, run_base, cache_dir)
-    env = cli_env(run_base, cache_dir)
-    assert _cli(project, env, "up").returncode == 0
-    (supervisor,) = _supervisors(settings)
-    settings.services_file.unlink()  # untracked now: `down` would not find it
+    warm = _warm_up(tmp_path, run_base, cache_dir)
+    supervisor = warm.supervisor
+    warm.settings.services_file.unlink()  # untracked now: `down` would not find it
 
-    cleaned = _cli(project, env, "clean")
+    cleaned = _cli(warm.project, warm.env, "clean")
 
     assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
     assert f"untracked warm-services supervisor, pid {supervisor}" in cleaned.stdout
