@@ -35,7 +35,7 @@ from realstack import (
 )
 
 from bench import bench_make, bench_pytest
-from bench.bench_isolation import TESTS, MethodResult, measure_isolation
+from bench.bench_isolation import TESTS, CheckResult, MethodResult, measure_isolation
 from bench.bench_overhead import (
     OVERHEAD_RUNS,
     OVERHEAD_TESTS,
@@ -146,10 +146,15 @@ def measure() -> tuple[dict[str, float], dict[str, Any]]:
         figures["harness_per_test_overhead_ms"] = overhead.overhead_ms["client_bucket"]
         details["harness_per_test_overhead"] = vars(overhead)
         step(f"isolation strategies ({TESTS} tests each)")
-        methods: list[MethodResult] = asyncio.run(measure_isolation(config))
+        methods: list[MethodResult]
+        check: CheckResult
+        methods, check = asyncio.run(measure_isolation(config))
         for m in methods:
             figures[ISOLATION_KEYS[m.name]] = m.overhead_ms
         details["isolation"] = {m.name: vars(m) for m in methods}
+        figures["after_test_check_ms"] = check.check_ms
+        figures["after_test_counts_only_ms"] = check.counts_only_ms
+        details["after_test_check"] = vars(check)
         step("200 MB upload through uvicorn (one run)")
         # serve() puts uvicorn's log tail into the error if it fails to start.
         upload: UploadResult = asyncio.run(measure_upload(config))
@@ -192,6 +197,16 @@ ROWS: list[tuple[str, str, str]] = [
     ("truncate_overhead_ms", "plain session + TRUNCATE ... CASCADE", f"{TESTS} tests"),
     ("drop_create_overhead_ms", "create_all + drop_all", f"{TESTS} tests"),
     ("template_clone_overhead_ms", "pytest-postgresql DatabaseJanitor clone", f"{TESTS} tests"),
+    (
+        "after_test_check_ms",
+        "after each database test: open transactions, catalogs' and tables' xmin sums",
+        f"{TESTS} tests",
+    ),
+    (
+        "after_test_counts_only_ms",
+        "the same check on row counts only (before issue 19; missed DDL and UPDATEs)",
+        f"{TESTS} tests",
+    ),
     ("suite_wall_s", "`pytest tests/integration -m integration`, serial", f"{SUITE_RUNS}"),
     ("suite_wall_xdist2_s", "`pytest tests/integration -m integration -n 2`", f"{SUITE_RUNS}"),
     ("upload_200mb_peak_rss_mb", "API peak RSS growth, 200 MB upload", "1 run"),

@@ -39,6 +39,7 @@ from realstack import (
 from realstack.engines import create_test_engine
 from realstack.isolation import committing_session, savepoint_session
 from realstack.janitor import SchemaJanitor
+from realstack.leaks import Baseline, undo_leftovers
 from realstack.migrations import migrate
 from realstack.stamps import RunNames
 from sqlalchemy import func, select, text
@@ -226,7 +227,43 @@ def past_autovacuum(step: Callable[[], None]) -> None:
             time.sleep(0.1)
 
 
-async def measure_isolation(config: HarnessConfig) -> list[MethodResult]:
+@dataclass(frozen=True)
+class CheckResult:
+    """The harness's check after each test that used the database, when nothing leaked (the
+    fast path: one round trip), and the row-count-only check it replaced."""
+
+    check_ms: float  # median, open transactions + catalogs' and tables' xmin sums
+    counts_only_ms: float  # median, open transactions + row counts (before issue 19)
+    tests: int
+
+
+async def measure_after_test_check(engine: AsyncEngine, janitor: SchemaJanitor) -> CheckResult:
+    """After a SAVEPOINT test each time (its rows rolled back), as the fixture runs it."""
+    async with engine.connect() as conn:
+        baseline = await Baseline(TABLES, janitor.schema).take(conn)
+    counts = "SELECT " + ", ".join(f'(SELECT count(*) FROM "{t}")' for t in TABLES)
+    checks: list[float] = []
+    counts_only: list[float] = []
+    for i in range(WARMUP + TESTS):
+        async with savepoint_session(engine) as session:
+            await test_body(session, i)
+        async with engine.connect() as conn:
+            t0 = time.perf_counter()
+            problems = await undo_leftovers("bench", conn, janitor, baseline, committed=False)
+            t1 = time.perf_counter()
+            driver = (await conn.get_raw_connection()).driver_connection
+            await driver.fetchrow(counts)
+            t2 = time.perf_counter()
+        if problems:  # a check that finds something after a rolled-back test is wrong
+            raise AssertionError(f"the after-test check found {problems}")
+        if i >= WARMUP:
+            checks.append(t1 - t0)
+            counts_only.append(t2 - t1)
+    ms = 1000.0
+    return CheckResult(statistics.median(checks) * ms, statistics.median(counts_only) * ms, TESTS)
+
+
+async def measure_isolation(config: HarnessConfig) -> tuple[list[MethodResult], CheckResult]:
     """Every strategy, in one stamped, migrated schema (and, for templates, scratch databases).
 
     Not the harness's sandbox: the commit-mode strategy needs the schema's janitor itself.
@@ -248,6 +285,7 @@ async def measure_isolation(config: HarnessConfig) -> list[MethodResult]:
                 ]
                 for name, factory in methods:
                     results.append(await run_method(name, factory))
+                check = await measure_after_test_check(engine, janitor)
                 async with engine.begin() as conn:  # drop_create starts from an empty schema
                     await conn.run_sync(Base.metadata.drop_all)
                 results.append(await run_method("drop_create", dropping_and_creating(engine)))
@@ -261,10 +299,15 @@ async def measure_isolation(config: HarnessConfig) -> list[MethodResult]:
             cloner.drop_template()
     finally:
         await admin.dispose()
-    return results
+    return results, check
 
 
-def print_results(results: list[MethodResult]) -> None:
+def print_results(measured: tuple[list[MethodResult], CheckResult]) -> None:
+    results, check = measured
+    print(
+        f"after-test check: {check.check_ms:.3f} ms (row counts only: "
+        f"{check.counts_only_ms:.3f} ms), median of {check.tests}"
+    )
     print(f"| isolation (median of {TESTS} tests) | overhead ms | setup | teardown | body ms |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for r in results:
@@ -274,7 +317,7 @@ def print_results(results: list[MethodResult]) -> None:
         )
 
 
-def main() -> list[MethodResult]:
+def main() -> tuple[list[MethodResult], CheckResult]:
     """Against the configured PostgreSQL, or an embedded one started (and stopped) here."""
     # PostgreSQL is all this bench needs: no S3 endpoint is asked for, none is started.
     project = replace(load_project(find_pyproject(ROOT)), services=frozenset({"postgres"}))

@@ -23,7 +23,7 @@ from .config import HarnessConfig, RunTargets
 from .engines import create_test_engine
 from .isolation import end_test_transaction, joined_session
 from .janitor import RunStore, run_store
-from .leaks import Baseline, table_counts, undo_leftovers
+from .leaks import Baseline, undo_leftovers
 from .migrations import MigrationError, prepare
 from .stamps import RunNames
 from .stash import ADAPTER, CONFIG, RUN_BUCKET
@@ -126,7 +126,7 @@ async def _migrated(
                 except MigrationError as exc:
                     stop_run(request.config, str(exc))
             tables = [t.name for t in app_adapter.metadata.sorted_tables]
-            baseline = Baseline(tables, await table_counts(conn, tables))
+            baseline = await Baseline(tables, _run_store.schema).take(conn)
         yield engine, baseline
     finally:
         await engine.dispose()
@@ -183,8 +183,8 @@ def db_session(_after_db_test: HeldConnection) -> AsyncSession:
 
     By default it lives inside an outer transaction that is rolled back, and its commits
     become SAVEPOINT releases. Under @pytest.mark.real_commits it is a plain session that
-    really commits; the tables are emptied after the test. Its connection, transaction and
-    closing belong to _after_db_test: one async fixture for both."""
+    really commits; the tables are put back as migrated after the test. Its connection,
+    transaction and closing belong to _after_db_test: one async fixture for both."""
     held = _after_db_test
     if held.outer is None:
         session = AsyncSession(held.conn.engine, expire_on_commit=False)
@@ -216,6 +216,8 @@ async def _after_db_test(
     first in the fixtures of each test that uses the database, so it is torn down last; other
     tests don't get it (there is no autouse fixture)."""
     engine, baseline = _migrated
+    if baseline.stopped:  # a test before changed the schema: nothing after it runs on it
+        stop_run(request.config, baseline.stopped)
     committed = real_commits(request)
     served = requests_served()
     async with engine.connect() as conn:
@@ -233,7 +235,10 @@ async def _after_db_test(
 
 @pytest_asyncio.fixture(scope="session")
 async def _session_app(
-    request: pytest.FixtureRequest, app_adapter: AppAdapter, run_targets: RunTargets
+    request: pytest.FixtureRequest,
+    app_adapter: AppAdapter,
+    run_targets: RunTargets,
+    _migrated: tuple[AsyncEngine, Baseline],
 ) -> AsyncIterator[Any]:
     app = app_adapter.create_app(run_targets)
     try:
@@ -245,6 +250,9 @@ async def _session_app(
         yield app
         return
     async with lifespan(app):  # what uvicorn would run: the app's start-up and shut-down
+        engine, baseline = _migrated
+        async with engine.connect() as conn:  # what the start-up wrote is the new normal
+            await baseline.take(conn)
         yield app
 
 

@@ -299,7 +299,7 @@ def test_a_commit_through_a_second_connection_errors_at_teardown_and_is_undone(
     assert "failed on teardown" in outcome.message
     assert f"{PROBE_ID}::{FOREIGN_COMMIT} committed rows through a connection" in outcome.message
     assert "notes (0 -> 1 rows)" in outcome.message
-    assert "the harness emptied the tables" in outcome.message
+    assert "the harness put the tables back as the migrations left them" in outcome.message
     assert "fix: mark the test @pytest.mark.real_commits" in outcome.message
     # ...and the next test, in the default mode, sees none of it.
     assert nested.outcomes["test_the_next_test_sees_no_leaked_row"].result == PASSED
