@@ -1,5 +1,6 @@
 # The front door. On a machine with only python3 and make:
-#   make test-integration   the integration suite (Docker if a daemon answers, else embedded)
+#   make test-integration   the integration suite (Docker if a daemon answers and has or can pull
+#                           the images, else embedded)
 #   make test               every tier: unit, integration, and the harness's own
 # Every target bootstraps its own tox into .tools/ on first use; every tox env installs the
 # exact versions of its hashed lock in locks/ (`make lock` after changing a dependency, README
@@ -80,15 +81,24 @@ _shard:
 	{ [ "$$n" -le $(MAX_SHARDS) ] && [ "$$i" -le "$$n" ]; } || bad; \
 	echo "$$i $$n"
 
-# Prints the tox env to use, and on stderr one line saying which and why.
+# Prints the tox env to use, and on stderr one line saying which and why. A daemon that answers
+# must also have, or pull, the images tox-docker will fetch (`toxdocker images`): offline or
+# rate-limited, auto falls back to the embedded services and BACKEND=docker stops (exit 2).
+PROBE := $(TOOLS)/bin/python -m realstack.toxdocker
 _integration-env:
-	@case "$(BACKEND)" in \
-	  docker) echo "make: BACKEND=docker -> tox -e integration (containers via tox-docker)" >&2; echo integration ;; \
-	  embedded) echo "make: BACKEND=embedded -> tox -e integration-embedded (PostgreSQL + SeaweedFS from PyPI)" >&2; echo integration-embedded ;; \
-	  auto) if where=$$($(TOOLS)/bin/python -m realstack.toxdocker 2>/dev/null); then \
+	@embedded="tox -e integration-embedded (PostgreSQL + SeaweedFS from PyPI)"; \
+	case "$(BACKEND)" in \
+	  docker) if where=$$($(PROBE) 2>/dev/null) && ! why=$$($(PROBE) images integration); then \
+	            echo "make: BACKEND=docker, but the Docker daemon at $$where $$why. Run without Docker with BACKEND=embedded, or make the image available: docker pull it, or set POSTGRES_IMAGE / MINIO_DOCKERFILE to one the daemon has" >&2; exit 2; \
+	          fi; \
+	          echo "make: BACKEND=docker -> tox -e integration (containers via tox-docker)" >&2; echo integration ;; \
+	  embedded) echo "make: BACKEND=embedded -> $$embedded" >&2; echo integration-embedded ;; \
+	  auto) if ! where=$$($(PROBE) 2>/dev/null); then \
+	          echo "make: no Docker daemon ($$where) -> $$embedded; BACKEND=docker|embedded forces one" >&2; echo integration-embedded; \
+	        elif why=$$($(PROBE) images integration); then \
 	          echo "make: Docker daemon answered at $$where -> tox -e integration (containers via tox-docker)" >&2; echo integration; \
 	        else \
-	          echo "make: no Docker daemon ($$where) -> tox -e integration-embedded (PostgreSQL + SeaweedFS from PyPI); BACKEND=docker|embedded forces one" >&2; echo integration-embedded; \
+	          echo "make: the Docker daemon at $$where $$why -> $$embedded; BACKEND=docker forces Docker" >&2; echo integration-embedded; \
 	        fi ;; \
 	  *) echo "make: BACKEND must be auto, docker or embedded (got '$(BACKEND)')" >&2; exit 2 ;; \
 	esac
