@@ -96,6 +96,17 @@ class EmbeddedSettings:
     run_base: Path
     pg_bindir: Path | None
     keep_on_failure: bool
+    # Started by make (MAKELEVEL, which tox passes on): the warm services' messages then name
+    # the make targets the user typed, else the module's command line.
+    under_make: bool = False
+
+    @property
+    def warm_up_command(self) -> str:
+        return "make services-up" if self.under_make else f"python -m {__package__}.embedded up"
+
+    @property
+    def warm_down_command(self) -> str:
+        return "make services-down" if self.under_make else f"python -m {__package__}.embedded down"
 
     @property
     def with_s3(self) -> bool:
@@ -138,6 +149,7 @@ def embedded_settings(project: Project, env: Mapping[str, str]) -> EmbeddedSetti
         run_base=contract.TEST_HARNESS_RUN_BASE.get(env, project) or _default_run_base(project),
         pg_bindir=contract.PG_BINDIR.get(env, project),
         keep_on_failure=contract.TEST_KEEP_ON_FAILURE.value(env, project),
+        under_make=bool(env.get("MAKELEVEL")),
     )
 
 

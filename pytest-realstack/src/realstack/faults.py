@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -31,10 +32,11 @@ import pytest
 
 from .config import HarnessConfig, embedded_settings
 from .embedded.readiness import ready_file_of
-from .embedded.rundir import STATE_FILE, RunState
+from .embedded.rundir import STATE_FILE, RunState, pause_lock
 from .process import (
     can_watch_sockets,
     cmdline,
+    exclusive_lock,
     is_same_process,
     pause_tree,
     poll_until,
@@ -95,14 +97,46 @@ def _serves_port(pid: int, port: int) -> bool:
     return any(arg == text or arg.endswith("=" + text) for arg in cmdline(pid))
 
 
+class _LockedPause:
+    """SIGSTOP of an embedded server's process tree while holding its pause lock (rundir's
+    pause_lock), so a later run can tell a server left paused by a run that died (the kernel
+    drops the lock with the process) from one another live run has paused."""
+
+    def __init__(self, leader: int, lock: Path) -> None:
+        self.leader, self.lock = leader, lock
+        self._held: contextlib.ExitStack | None = None
+
+    def pause(self) -> None:
+        held = contextlib.ExitStack()
+        if not held.enter_context(exclusive_lock(self.lock)):
+            held.close()
+            raise PauseUnavailableError(f"another run holds {self.lock}: it has paused the server")
+        self._held = held
+        pause_tree(self.leader)
+
+    def resume(self) -> None:
+        resume_tree(self.leader)
+        if self._held is not None:
+            self.lock.unlink(missing_ok=True)
+            self._held.close()
+            self._held = None
+
+
+def _run_base(config: HarnessConfig, env: Mapping[str, str]) -> Path | None:
+    with contextlib.suppress(OSError, ValueError):
+        return embedded_settings(config.project, env).run_base
+    return None
+
+
 def _run_dirs(config: HarnessConfig, env: Mapping[str, str]) -> list[Path]:
     dirs = []
     ready = ready_file_of(config.project, env)
     if ready is not None:
         dirs.append(ready.parent)
-    with contextlib.suppress(OSError, ValueError):
-        base = embedded_settings(config.project, env).run_base
-        dirs += sorted(base.glob("run-*"))
+    base = _run_base(config, env)
+    if base is not None:
+        with contextlib.suppress(OSError):
+            dirs += sorted(base.glob("run-*"))
     return dirs
 
 
@@ -114,6 +148,7 @@ def embedded_servers(config: HarnessConfig, env: Mapping[str, str]) -> dict[str,
     # The program each embedded service runs (rundir.Child.program), as the launcher records it.
     embedded_programs = {kind.name: kind.embedded_program for kind in kinds_of(config.project)}
     found: dict[str, Pausable] = {}
+    base = _run_base(config, env) or Path(tempfile.gettempdir())
     for run in _run_dirs(config, env):
         try:
             state = RunState.load((run / STATE_FILE).read_text())
@@ -130,12 +165,13 @@ def embedded_servers(config: HarnessConfig, env: Mapping[str, str]) -> dict[str,
                     if os.getpgid(child.pid) != child.pid:
                         continue
                     pgid = child.pid
+                    locked = _LockedPause(pgid, pause_lock(base, pgid))
                     found[service] = Pausable(
                         service,
                         port,
                         f"embedded {service}, process group {pgid}",
-                        pause=functools.partial(pause_tree, pgid),
-                        resume=functools.partial(resume_tree, pgid),
+                        pause=locked.pause,
+                        resume=locked.resume,
                         net_port=port,
                     )
     return found
@@ -236,6 +272,7 @@ class ServerFaults:
         fails with PauseDeadlineError); then this waits until it has drained its queue."""
         try:
             server = self.target(service)
+            server.pause()
         except PauseUnavailableError as exc:
             pytest.skip(str(exc))
         lock = threading.Lock()
@@ -249,7 +286,6 @@ class ServerFaults:
 
         watchdog = threading.Timer(max_s, resume, kwargs={"by_watchdog": True})
         watchdog.daemon = True
-        server.pause()
         self._active.append(resume)
         watchdog.start()
         failed = True

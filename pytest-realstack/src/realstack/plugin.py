@@ -19,7 +19,9 @@ import glob
 import itertools
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -186,16 +188,52 @@ def _choose_per_run(resolved: HarnessConfig) -> HarnessConfig:
     try:
         per_run = choose_per_run(resolved, notes)
     except GuardError as refusal:
-        raise _Refusal(refusal) from None
+        raise _Refusal(f"{refusal}{_warm_hint(resolved)}") from None
     for note in notes:
         sys.stderr.write(note + "\n")
     return dataclasses.replace(resolved, per_run=per_run)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_like_ctrl_c(config: pytest.Config) -> None:
+    """SIGTERM (a CI job cancelled, `kill`) ends a guarded run the way Ctrl-C does: fixtures
+    torn down, a paused server resumed, the run's database and bucket dropped. Left alone when
+    something else already handles it."""
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        config.add_cleanup(_sigterm_default)
+
+
+def _sigterm_default() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _warm_hint(resolved: HarnessConfig) -> str:
+    """When the server that refused or did not answer is this checkout's warm one, how to
+    replace it (embedded/warm.py); "" otherwise."""
+    from urllib.parse import urlsplit
+
+    from .config import embedded_settings
+    from .embedded.warm import warm_hint
+
+    try:
+        settings = embedded_settings(resolved.project, os.environ)
+        return warm_hint(settings, urlsplit(resolved.database_url).port)
+    except (contract.ContractError, ValueError):
+        return ""
 
 
 def _resolve_guarded(config: pytest.Config, project: Project) -> None:
     """Resolve, guard and look at the server once, then point the app's own database variable
     at the guarded test database: an app that reads its URL at import finds it there, never
     yours. Servers started here stop with the run, or at once if this fails."""
+    _sigterm_like_ctrl_c(config)
     cleanups: list[Callable[[], None]] = []
     # What follows imports the app's stack: ~200k objects that live as long as the run. The
     # collector would walk that growing heap again and again meanwhile, for garbage that
@@ -369,6 +407,7 @@ def _configure(config: pytest.Config) -> None:
     resolved = config.stash.get(CONFIG, None)
     if resolved is None:
         return
+    _sigterm_like_ctrl_c(config)
     if workerinput is None and config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistController(resolved), "harness-xdist")
     atexit.register(_skip_the_final_collection)

@@ -64,6 +64,16 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
+def children(pid: int) -> set[int]:
+    """The processes `pid` started itself (not their children)."""
+    import psutil
+
+    try:
+        return {child.pid for child in psutil.Process(pid).children()}
+    except psutil.Error:
+        return set()
+
+
 def descendants(pid: int) -> set[int]:
     """Every process below `pid` (PostgreSQL's backends lead process groups of their own)."""
     import psutil

@@ -37,7 +37,9 @@ def cli_env(run_base: Path, cache_dir: Path, **extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(_INHERITED) and not k.endswith("_SERVICES_READY_FILE")
+        if not k.startswith(_INHERITED)
+        and not k.endswith("_SERVICES_READY_FILE")
+        and k != "MAKELEVEL"  # messages name make targets under make: tests say when
     }
     env |= {
         "PYTHONPATH": str(IMPORT_ROOT),

@@ -15,14 +15,25 @@ from pathlib import Path
 import pytest
 from realstack.config import EmbeddedSettings
 from realstack.embedded.launcher import embedded_services
-from realstack.embedded.rundir import STATE_FILE, RunState
+from realstack.embedded.rundir import STATE_FILE, RunState, pause_lock
 from realstack.embedded.warm import (
     ServicesFile,
     StaleServicesError,
     load_warm_services,
+    resume_left_paused,
     supervise_argv,
+    warm_hint,
 )
-from realstack.process import processes_running, start_time
+from realstack.process import (
+    children,
+    cmdline,
+    exclusive_lock,
+    is_stopped,
+    pause_tree,
+    processes_running,
+    resume_tree,
+    start_time,
+)
 from realstack.project import Project
 
 from tests.harness.helpers import write_project
@@ -194,7 +205,7 @@ def test_a_services_file_that_is_not_ours_is_named_with_the_fix(
         load_warm_services(settings)
 
     assert str(settings.services_file) in str(stale.value)
-    assert "fix:" in str(stale.value) and "services-down" in str(stale.value)
+    assert "fix:" in str(stale.value) and f"`python -m {PACKAGE} down`" in str(stale.value)
 
 
 def test_only_the_known_variables_are_read_from_the_services_file(
@@ -331,3 +342,91 @@ def test_clean_leftovers_stops_a_supervisor_no_services_file_names(
     assert f"untracked warm-services supervisor, pid {supervisor}" in cleaned.stdout
     assert start_time(supervisor) is None
     assert_nothing_left(run_base, [])
+
+
+def _warm_postgres(warm: Warm) -> int:
+    """The warm PostgreSQL's postmaster: the supervisor's child that leads its process group."""
+    (leader,) = [pid for pid in children(warm.supervisor) if "postgres" in " ".join(cmdline(pid))]
+    return leader
+
+
+# What a run does first with the database: it hangs on a stopped server, whatever TCP says.
+CONNECT = (
+    "import asyncio, os, asyncpg; asyncio.run(asyncpg.connect(host='127.0.0.1', "
+    "port=int(os.environ['POSTGRES_PORT']), user=os.environ['POSTGRES_USER'], "
+    "password=os.environ['POSTGRES_PASSWORD'], database=os.environ['POSTGRES_DB'], timeout=5)); "
+    "print('connected')"
+)
+
+
+def test_a_warm_server_left_paused_by_a_killed_run_is_resumed_by_the_next_saying_so(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    warm = _warm_up(tmp_path, run_base, cache_dir)
+    leader = _warm_postgres(warm)
+    try:
+        pause_tree(leader)  # what a run SIGKILLed inside server_faults.paused() leaves: no lock
+
+        ran = _cli(
+            warm.project, warm.env, "run", "--after-ready", "--", sys.executable, "-c", CONNECT
+        )
+
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert ran.stdout.strip() == "connected"
+        assert f"harness: resumed the warm server(s) postgres (pid {leader})" in ran.stderr
+        assert ran.stderr.count("resumed") == 1  # one line
+        assert not is_stopped(leader)
+    finally:
+        resume_tree(leader)
+        _cli(warm.project, warm.env, "down")
+
+
+def test_a_warm_server_another_live_run_has_paused_is_left_paused(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    warm = _warm_up(tmp_path, run_base, cache_dir)
+    leader = _warm_postgres(warm)
+    try:
+        with exclusive_lock(pause_lock(run_base, leader)) as mine:  # a live run's pause
+            assert mine
+            pause_tree(leader)
+
+            assert resume_left_paused(run_base, warm.supervisor) == []
+            assert is_stopped(leader)
+        # The pausing run is gone (its lock with it): the next one resumes the server.
+        assert resume_left_paused(run_base, warm.supervisor) == [f"postgres (pid {leader})"]
+        assert not is_stopped(leader)
+    finally:
+        resume_tree(leader)
+        _cli(warm.project, warm.env, "down")
+
+
+def test_warm_messages_name_the_make_targets_under_make(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    project = write_project(tmp_path / "sample", ("postgres",))
+    settings = settings_for(project, run_base, cache_dir)
+    settings.services_file.parent.mkdir(parents=True, exist_ok=True)
+    settings.services_file.write_bytes(b"\x00 not ours")
+    env = cli_env(run_base, cache_dir)
+
+    run = ("run", "--after-ready", "--", sys.executable, "-c", "pass")
+    plain = _cli(project, env, *run)
+    under_make = _cli(project, env | {"MAKELEVEL": "1"}, *run)
+
+    assert f"`python -m {PACKAGE} down` removes it" in plain.stderr, plain.stderr
+    assert "`make services-down` removes it" in under_make.stderr, under_make.stderr
+    assert "make services" not in plain.stderr
+
+
+def test_a_warm_postgres_that_does_not_answer_is_named_with_its_file_and_the_fix(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    settings = settings_for(write_project(tmp_path / "sample", ("postgres",)), run_base, cache_dir)
+    _write_services_file(settings.services_file, {"POSTGRES_PORT": "40123"})
+
+    hint = warm_hint(settings, 40123)
+
+    assert str(settings.services_file) in hint
+    assert f"`python -m {PACKAGE} down` stops the warm services" in hint
+    assert warm_hint(settings, 40124) == ""  # some other server: not the warm one's doing

@@ -109,6 +109,13 @@ class RunDir:
         write_atomic(self.path / STATE_FILE, self.state.dump(), 0o644)
 
 
+def pause_lock(run_base: Path, leader: int) -> Path:
+    """Held by the run that paused the server whose process group `leader` leads
+    (server_faults), for as long as it is paused: a stopped server whose lock is free was left
+    paused by a run that died (SIGKILL) before it could resume it."""
+    return run_base / f"paused-{leader}.lock"
+
+
 def _ensure_base(base: Path, run_as: RunAs | None) -> None:
     if not base.exists():
         base.mkdir(parents=True, exist_ok=True)

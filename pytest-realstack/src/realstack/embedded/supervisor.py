@@ -135,19 +135,19 @@ def _warm_services(settings: EmbeddedSettings, report: TextIO) -> dict[str, str]
         return None
 
 
-def _run_on_warm(child: _Child, project: Project, warm: Mapping[str, str], report: TextIO) -> int:
+def _run_on_warm(
+    child: _Child, settings: EmbeddedSettings, warm: Mapping[str, str], report: TextIO
+) -> int:
     """The command against warm services: nothing to start, nothing to stop afterwards."""
-    from .warm import COMMAND
-
     print(
-        f"embedded services: using the warm services of `{COMMAND} up` (PostgreSQL on port "
-        f"{warm.get(POSTGRES_PORT.name, '?')}); `{COMMAND} down` stops them, and later runs then "
-        "start their own",
+        f"embedded services: using the warm services of `{settings.warm_up_command}` "
+        f"(PostgreSQL on port {warm.get(POSTGRES_PORT.name, '?')}); "
+        f"`{settings.warm_down_command}` stops them, and later runs then start their own",
         file=report,
         flush=True,
     )
     child.handed_over = True  # a signal now goes to the command alone
-    child.start({**warm, **_app_url(project, warm)})
+    child.start({**warm, **_app_url(settings.project, warm)})
     assert child.proc is not None
     code = exit_status(child.proc.wait())
     return 128 + child.received[0] if child.received else code
@@ -217,7 +217,7 @@ def run_command(
         warm = _warm_services(settings, report)
         if warm is not None:
             try:
-                return _run_on_warm(child, settings.project, warm, report)
+                return _run_on_warm(child, settings, warm, report)
             finally:
                 with signals_blocked():
                     child.stop()

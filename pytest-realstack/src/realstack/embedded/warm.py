@@ -27,9 +27,21 @@ from typing import Any, TextIO
 
 from ..config import EmbeddedSettings
 from ..contract import VARIABLES
-from ..process import cmdline, exclusive_lock, is_same_process, poll_until, start_time, write_atomic
+from ..process import (
+    children,
+    cmdline,
+    descendants,
+    exclusive_lock,
+    is_same_process,
+    is_stopped,
+    poll_until,
+    resume_tree,
+    start_time,
+    write_atomic,
+)
 from ..project import Project
 from ..services import kinds_of
+from .rundir import pause_lock
 
 STOP_TIMEOUT_S = 30.0
 COMMAND = f"python -m {__package__}"
@@ -52,8 +64,9 @@ class ServicesFile:
         self.variables = variables
 
     @classmethod
-    def read(cls, path: Path) -> ServicesFile | None:
-        """None when there is no file; StaleServicesError when it is not one of ours."""
+    def read(cls, path: Path, down: str = f"{COMMAND} down") -> ServicesFile | None:
+        """None when there is no file; StaleServicesError when it is not one of ours (its
+        message names `down`, the command that removes it)."""
         try:
             data: Any = json.loads(path.read_text())
         except FileNotFoundError:
@@ -61,12 +74,12 @@ class ServicesFile:
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise StaleServicesError(
                 f"{path} is not a services file the harness wrote ({type(exc).__name__}).\n"
-                f"  fix:  `{COMMAND} down` removes it (make services-down), or delete it"
+                f"  fix:  `{down}` removes it, or delete it"
             ) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise StaleServicesError(
                 f"{path} is not a services file of this harness (format {FORMAT} expected).\n"
-                f"  fix:  `{COMMAND} down` removes it (make services-down), or delete it"
+                f"  fix:  `{down}` removes it, or delete it"
             )
         supervisor = data.get("supervisor") or {}
         try:
@@ -122,21 +135,64 @@ def load_warm_services(settings: EmbeddedSettings) -> dict[str, str] | None:
     Raises StaleServicesError when the file names services that no longer run. Changes
     nothing: the caller decides whether the values apply.
     """
-    found = ServicesFile.read(settings.services_file)
+    found = ServicesFile.read(settings.services_file, settings.warm_down_command)
     if found is None:
         return None
     values = found.variables
-    dead = [] if found.supervisor_alive(settings) else [f"supervisor {found.supervisor or '?'}"]
+    alive = found.supervisor_alive(settings)
+    dead = [] if alive else [f"supervisor {found.supervisor or '?'}"]
+    if alive and found.supervisor is not None:
+        resumed = resume_left_paused(settings.run_base, found.supervisor[0])
+        if resumed:
+            sys.stderr.write(
+                f"harness: resumed the warm server(s) {', '.join(resumed)}: a run that was "
+                "killed while server_faults paused them left them stopped (SIGSTOP)\n"
+            )
     for host_key, port_key in _endpoints(settings.project):
         if not _port_answers(values.get(host_key, "127.0.0.1"), values.get(port_key, "")):
             dead.append(f"{port_key}={values.get(port_key, '?')}")
     if dead:
         raise StaleServicesError(
             f"{found.path} names warm services that are not running ({', '.join(dead)} not "
-            f"answering).\n  fix:  `{COMMAND} up` to start them again (make services-up), or "
-            f"`{COMMAND} down` to remove the file and use a fresh set per run (make services-down)."
+            f"answering).\n  fix:  `{settings.warm_up_command}` to start them again, or "
+            f"`{settings.warm_down_command}` to remove the file and use a fresh set per run."
         )
     return values
+
+
+def warm_hint(settings: EmbeddedSettings, postgres_port: int | None) -> str:
+    """For a server that did not answer: when it is this checkout's warm PostgreSQL, a line
+    naming the services file and the commands that replace it; else ""."""
+    try:
+        found = ServicesFile.read(settings.services_file, settings.warm_down_command)
+    except StaleServicesError:
+        return ""
+    if found is None or found.variables.get("POSTGRES_PORT") != str(postgres_port):
+        return ""
+    return (
+        f"\n  note: that is the warm PostgreSQL of {found.path}; "
+        f"`{settings.warm_down_command}` stops the warm services and removes the file (runs "
+        f"then start their own), `{settings.warm_up_command}` afterwards starts fresh ones"
+    )
+
+
+def resume_left_paused(run_base: Path, supervisor: int) -> list[str]:
+    """SIGCONT the supervisor's servers that are stopped while nobody holds their pause lock
+    (a run killed while it paused them); a server another live run has paused is left alone.
+    Returns what was resumed, e.g. ["postgres (pid 4242)"]."""
+    resumed = []
+    for leader in sorted(children(supervisor)):
+        tree = {leader, *descendants(leader)}
+        if not any(is_stopped(pid) for pid in tree):
+            continue
+        lock = pause_lock(run_base, leader)
+        with exclusive_lock(lock) as free:
+            if free:
+                resume_tree(leader)
+                lock.unlink(missing_ok=True)
+                name = (cmdline(leader)[:1] or ["server"])[0].rsplit("/", 1)[-1]
+                resumed.append(f"{name} (pid {leader})")
+    return resumed
 
 
 def supervise(settings: EmbeddedSettings, report: TextIO) -> int:
@@ -201,7 +257,9 @@ def services_up(settings: EmbeddedSettings) -> int:
     path = settings.services_file
     try:
         if load_warm_services(settings) is not None:
-            print(f"services up: already running ({path}); `{COMMAND} down` stops them.")
+            print(
+                f"services up: already running ({path}); `{settings.warm_down_command}` stops them."
+            )
             return 0
     except StaleServicesError:
         path.unlink(missing_ok=True)
@@ -219,7 +277,7 @@ def services_up(settings: EmbeddedSettings) -> int:
         for line in report:
             if line.startswith("READY"):
                 print(f"services up: ready; the tests use them while {path} exists.")
-                print(f"  `{COMMAND} down` stops them.")
+                print(f"  `{settings.warm_down_command}` stops them.")
                 return 0
             if line.startswith("ALREADY"):
                 print(f"services up: already running (another `up` started them); {path}.")
