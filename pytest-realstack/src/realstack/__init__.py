@@ -8,7 +8,11 @@ for its hooks, so importing it costs nothing of SQLAlchemy, boto3 or the app.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+# Not typing's: importing typing here would widen the moments at which a Ctrl-C during start-up
+# prints a traceback (`python -m realstack.embedded` imports this package first). Type checkers
+# take any `TYPE_CHECKING` as true.
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
@@ -77,6 +81,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from . import contract
     from .buckets import object_keys
     from .clients import asgi_client

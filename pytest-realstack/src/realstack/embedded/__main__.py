@@ -6,21 +6,24 @@ from the current directory, resolves the settings once, and passes them on.
 
 from __future__ import annotations
 
-import argparse
-import gc
-import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
 
-from ..config import embedded_settings
-from ..contract import TEST_KEEP_ON_FAILURE, ContractError
-from ..project import ProjectConfigError, find_pyproject, load_project
+# Imports live in the functions: a Ctrl-C that lands while they load is caught below.
+TYPE_CHECKING = False  # not typing's, for the same reason (type checkers take it as true)
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's 128 + SIGINT
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+    from pathlib import Path
+
+    from ..contract import TEST_KEEP_ON_FAILURE
+
     parser = argparse.ArgumentParser(
         prog=f"python -m {__package__}",
         description="Real PostgreSQL (and S3, if the project uses it) from PyPI wheels, "
@@ -56,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+    from pathlib import Path
+
+    from ..config import embedded_settings
+    from ..contract import ContractError
+    from ..project import ProjectConfigError, find_pyproject, load_project
+
     parser = _parser()
     args = parser.parse_args(argv)
     cmd: list[str] = []
@@ -92,6 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        # Ctrl-C while this command was still importing, before it started anything (once
+        # servers start, run/up catch it themselves and stop what they started).
+        print("embedded services: interrupted before anything was started", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    import gc
+
     gc.freeze()  # the servers are stopped: spare the interpreter's last walk over the heap
     sys.exit(code)
