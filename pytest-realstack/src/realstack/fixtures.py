@@ -25,6 +25,7 @@ from .isolation import end_test_transaction, joined_session
 from .janitor import RunStore, run_store
 from .leaks import Baseline, undo_leftovers
 from .migrations import MigrationError, prepare
+from .services import endpoints_down
 from .stamps import RunNames
 from .stash import ADAPTER, CONFIG, RUN_BUCKET
 from .sweeps import sweep_dead_stores
@@ -48,12 +49,31 @@ def sweeps(names: RunNames) -> bool:
     return names.worker in {"main", "gw0"}
 
 
-def report_removed(request: pytest.FixtureRequest, kind: str, removed: list[str]) -> None:
+def left_with_the_server(request: pytest.FixtureRequest, config: HarnessConfig, what: str) -> bool:
+    """The run's `what` could not be dropped at its end: True, said in one line, when a service
+    of the run is gone (the run stopped for that reason); False when the error is another."""
+    down = endpoints_down(config)
+    if not down:
+        return False
+    say(
+        request,
+        f"harness: the run's {what} was not dropped, as {' and '.join(down)} no longer "
+        "answer(s) (an embedded server takes it along; else `make clean-leftovers` removes it "
+        "later)",
+    )
+    return True
+
+
+def say(request: pytest.FixtureRequest, line: str) -> None:
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
+
+
+def report_removed(request: pytest.FixtureRequest, kind: str, removed: list[str]) -> None:
     for name in removed:
-        if reporter is not None:
-            shown = f"{kind} {name!r}" if kind else name
-            reporter.write_line(f"harness: removed {shown} left by a run that was killed")
+        shown = f"{kind} {name!r}" if kind else name
+        say(request, f"harness: removed {shown} left by a run that was killed")
 
 
 @pytest.fixture(scope="session")
@@ -89,24 +109,32 @@ async def _run_store(
     if sweeps(run_names):
         removed = await sweep_dead_stores(server_url, harness_config.project)
         report_removed(request, "", removed)
-    async with AsyncExitStack() as stack:
-        try:
-            if harness_config.per_run == "database":
-                metadata = request.getfixturevalue("app_adapter").metadata
-                own = run_database(
-                    server_url,
-                    harness_config.project,
-                    metadata,
-                    run_names,
-                    wait_s=harness_config.services_timeout_s,
-                )
-            else:
-                own = run_store(server_url, run_names, "schema")
-            store = await stack.enter_async_context(own)
-        except MigrationError as exc:
-            stop_run(request.config, str(exc))
-        yield store
-        store.keep = keep_on_failure(request, harness_config)
+    yielded = False
+    try:
+        async with AsyncExitStack() as stack:
+            try:
+                if harness_config.per_run == "database":
+                    metadata = request.getfixturevalue("app_adapter").metadata
+                    own = run_database(
+                        server_url,
+                        harness_config.project,
+                        metadata,
+                        run_names,
+                        wait_s=harness_config.services_timeout_s,
+                    )
+                else:
+                    own = run_store(server_url, run_names, "schema")
+                store = await stack.enter_async_context(own)
+            except MigrationError as exc:
+                stop_run(request.config, str(exc))
+            yielded = True
+            yield store
+            store.keep = keep_on_failure(request, harness_config)
+    except Exception:
+        if not yielded or not left_with_the_server(
+            request, harness_config, f"{store.kind} {store.name!r}"
+        ):
+            raise
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -207,6 +235,7 @@ def empty_bucket_if_used(request: pytest.FixtureRequest, served_before: int) -> 
 @pytest_asyncio.fixture
 async def _after_db_test(
     request: pytest.FixtureRequest,
+    harness_config: HarnessConfig,
     _migrated: tuple[AsyncEngine, Baseline],
     _run_store: RunStore,
 ) -> AsyncIterator[HeldConnection]:
@@ -220,15 +249,28 @@ async def _after_db_test(
         stop_run(request.config, baseline.stopped)
     committed = real_commits(request)
     served = requests_served()
-    async with engine.connect() as conn:
-        held = HeldConnection(conn, None if committed else await conn.begin())
-        yield held
-        try:
-            empty_bucket_if_used(request, served)
-        finally:
-            await end_test_transaction(held.outer, held.sessions)
-            test = request.node.nodeid
-            problems = await undo_leftovers(test, conn, _run_store, baseline, committed=committed)
+    yielded = False
+    try:
+        async with engine.connect() as conn:
+            held = HeldConnection(conn, None if committed else await conn.begin())
+            yielded = True
+            yield held
+            try:
+                empty_bucket_if_used(request, served)
+            finally:
+                await end_test_transaction(held.outer, held.sessions)
+                test = request.node.nodeid
+                problems = await undo_leftovers(
+                    test, conn, _run_store, baseline, committed=committed
+                )
+    except Exception:
+        down = endpoints_down(harness_config) if yielded else []
+        if not down:
+            raise
+        # One line, not the driver's chain (still its __context__, which the plugin reads to
+        # stop the run: plugin.py, _services_gone).
+        message = f"harness: {down[0]} stopped answering during this test"
+        raise pytest.fail.Exception(message, pytrace=False) from None
     if problems:  # the message says what and the fix: a traceback through pytest-asyncio would not
         pytest.fail("\n".join(problems), pytrace=False)
 

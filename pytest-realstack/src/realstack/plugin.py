@@ -503,4 +503,40 @@ def pytest_runtest_makereport(
             where = _where_async_tests_hang(call.excinfo)
             if where:
                 report.sections.append(("harness: where the test hung", where))
+        if report.failed and not item.session.shouldstop:
+            gone = _services_gone(item.config.stash[CONFIG], call.excinfo.value)
+            if gone:
+                item.session.shouldstop = gone
+                # The cause is the service, not the test: its last error, not the trace.
+                error = call.excinfo.value
+                report.longrepr = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
     return report
+
+
+def _services_gone(resolved: HarnessConfig, error: BaseException) -> str:
+    """When a test failed on a connection and a service of the run no longer accepts any
+    (stopped by `make services-down`, crashed, killed): one line that ends the run, instead of
+    the same failure for every test after it. "" otherwise."""
+    from .services import endpoints_down
+
+    seen: set[int] = set()
+    connection_error = False
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen and not connection_error:
+        seen.add(id(current))
+        module = type(current).__module__
+        connection_error = isinstance(current, OSError) or module.startswith(_CLIENT_MODULES)
+        current = current.__cause__ or current.__context__
+    down = endpoints_down(resolved) if connection_error else []
+    if not down:
+        return ""
+    return (
+        f"harness: {' and '.join(down)} stopped answering during the run: the services were "
+        "stopped (`make services-down`), or a server crashed or was killed. The run stops here "
+        "rather than fail every test after it. fix: start the services again (or let the run "
+        "start its own) and rerun"
+    )
+
+
+# Where a lost connection surfaces, besides OSError.
+_CLIENT_MODULES = ("asyncpg", "sqlalchemy", "botocore", "urllib3", "httpx", "httpcore")

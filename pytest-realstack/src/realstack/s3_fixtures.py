@@ -13,7 +13,13 @@ from .buckets import BucketJanitor, s3_client_for, sweep_dead_buckets
 from .clients import requests_served
 from .config import HarnessConfig
 from .contract import S3Target
-from .fixtures import empty_bucket_if_used, keep_on_failure, report_removed, sweeps
+from .fixtures import (
+    empty_bucket_if_used,
+    keep_on_failure,
+    left_with_the_server,
+    report_removed,
+    sweeps,
+)
 from .stamps import RunNames
 from .stash import RUN_BUCKET
 
@@ -39,13 +45,20 @@ async def _run_bucket(
         removed = await asyncio.to_thread(sweep_dead_buckets, client, harness_config.project)
         report_removed(request, "bucket", removed)
     janitor = BucketJanitor(client, run_names)
-    async with janitor:
-        request.config.stash[RUN_BUCKET] = janitor
-        try:
-            yield janitor
-        finally:
-            del request.config.stash[RUN_BUCKET]
-        janitor.keep = keep_on_failure(request, harness_config)
+    yielded = False
+    try:
+        async with janitor:
+            request.config.stash[RUN_BUCKET] = janitor
+            try:
+                yielded = True
+                yield janitor
+            finally:
+                del request.config.stash[RUN_BUCKET]
+            janitor.keep = keep_on_failure(request, harness_config)
+    except Exception:
+        bucket = f"bucket {janitor.bucket!r}"
+        if not yielded or not left_with_the_server(request, harness_config, bucket):
+            raise
 
 
 @pytest.fixture(scope="session")

@@ -34,9 +34,10 @@ from realstack.process import (
     resume_tree,
     start_time,
 )
-from realstack.project import Project
+from realstack.project import Project, load_project
 
 from tests.harness.helpers import write_project
+from tests.harness.notes_project import build_project
 
 from .embedded_support import (
     PACKAGE,
@@ -430,3 +431,52 @@ def test_a_warm_postgres_that_does_not_answer_is_named_with_its_file_and_the_fix
     assert str(settings.services_file) in hint
     assert f"`python -m {PACKAGE} down` stops the warm services" in hint
     assert warm_hint(settings, 40124) == ""  # some other server: not the warm one's doing
+
+
+DOWN_MID_RUN = """\
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import text
+
+
+async def test_1_the_warm_services_are_stopped_mid_run(db_session):
+    await db_session.execute(text("SELECT 1"))
+    down = [sys.executable, "-m", "realstack.embedded", "down"]
+    subprocess.run(down, check=True, timeout=60, capture_output=True)
+
+
+@pytest.mark.parametrize("n", range(20))
+async def test_2_after_it(db_session, n):
+    await db_session.execute(text("SELECT 1"))
+"""
+
+
+def test_services_down_during_a_run_ends_it_with_one_summary_line(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    root = build_project(tmp_path / "notes", copy_core=False)
+    (root / "tests" / "integration" / "test_notes.py").write_text(DOWN_MID_RUN)
+    project = load_project(root / "pyproject.toml")
+    env = cli_env(run_base, cache_dir)
+    try:
+        assert _cli(project, env, "up").returncode == 0
+
+        ran = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:randomly", "tests/integration"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        output = ran.stdout + ran.stderr
+
+        assert ran.returncode == 2, output  # interrupted: not a crash, not a hang
+        assert output.count("stopped answering during the run") == 1, output
+        assert "test_2_after_it" not in output, output  # not 20 more failures
+        assert "Traceback" not in output and "INTERNALERROR" not in output, output
+    finally:
+        _cli(project, env, "down")

@@ -8,10 +8,13 @@ Everything above this layer asks `kinds_of(project)` instead of naming a service
 from __future__ import annotations
 
 import importlib
+import socket
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
+from ..config import HarnessConfig
 from ..contract import Variable
 from ..project import KNOWN_SERVICES, Project
 
@@ -43,3 +46,22 @@ def kind(name: str) -> ServiceKind:
 def kinds_of(project: Project) -> list[ServiceKind]:
     """The project's services, in the table's order (PostgreSQL first)."""
     return [kind(name) for name in KNOWN_SERVICES if name in project.services]
+
+
+def endpoints_down(config: HarnessConfig, timeout_s: float = 2.0) -> list[str]:
+    """The run's services that no longer accept connections at all (stopped, crashed,
+    killed), e.g. "PostgreSQL at 127.0.0.1:5432 (Connection refused)"; [] when all do. A
+    paused server still accepts them (the kernel does), so server_faults never shows here."""
+    urls = {"PostgreSQL": config.database_url}
+    if config.s3 is not None and config.s3.endpoint_url:
+        urls["S3"] = config.s3.endpoint_url
+    down = []
+    for name, url in urls.items():
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80 if name == "S3" else 5432)
+        try:
+            with socket.create_connection((parts.hostname or "127.0.0.1", port), timeout_s):
+                pass
+        except OSError as exc:
+            down.append(f"{name} at {parts.hostname}:{port} ({exc.strerror or exc})")
+    return down
