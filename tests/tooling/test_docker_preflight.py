@@ -120,7 +120,9 @@ def _integration_env(docker: StubDocker, backend: str) -> subprocess.CompletedPr
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("DOCKER_") and k not in {"POSTGRES_IMAGE", "MINIO_DOCKERFILE"}
+        # MAKELEVEL (tox passes it): make as a user types it, not a sub-make ("make[1]: ...").
+        if not k.startswith("DOCKER_")
+        and k not in {"POSTGRES_IMAGE", "MINIO_DOCKERFILE", "MAKELEVEL"}
     }
     socket = Path(str(docker.server_address))
     env |= {"DOCKER_HOST": f"unix://{socket}", "DOCKER_CONFIG": str(socket.parent)}
