@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import EmbeddedSettings
-from ..contract import VARIABLES
+from ..contract import POSTGRES_PORT, VARIABLES
 from ..process import (
     children,
     cmdline,
@@ -167,7 +167,7 @@ def warm_hint(settings: EmbeddedSettings, postgres_port: int | None) -> str:
         found = ServicesFile.read(settings.services_file, settings.warm_down_command)
     except StaleServicesError:
         return ""
-    if found is None or found.variables.get("POSTGRES_PORT") != str(postgres_port):
+    if found is None or found.variables.get(POSTGRES_PORT.name) != str(postgres_port):
         return ""
     return (
         f"\n  note: that is the warm PostgreSQL of {found.path}; "
