@@ -2,8 +2,9 @@
 under an advisory lock (concurrent runs and xdist workers wait for one builder); each run then
 clones it with CREATE DATABASE ... TEMPLATE instead of replaying the migrations.
 
-The fingerprint covers the migration scripts and the Alembic config, the models' DDL (so the
-drift check reruns when a model changes), the PostgreSQL major version and TEMPLATE_FORMAT.
+The fingerprint covers the migration scripts and the Alembic config, the files the table's
+`template_inputs` names (what the migrations read from elsewhere), the models' DDL (so the drift
+check reruns when a model changes), the PostgreSQL major version and TEMPLATE_FORMAT.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .janitor import (
     run_store,
 )
 from .migrations import MigrationError, alembic_config, prepare
-from .project import Project
+from .project import Project, is_bytecode
 from .stamps import RunNames, Stamp
 
 TEMPLATE_FORMAT = "1"  # bump when what a template holds, or how it is keyed, changes
@@ -50,6 +51,7 @@ def _feed(digest: hashlib._Hash, *parts: str | bytes) -> None:
 
 
 def fingerprint(project: Project, metadata: MetaData, server_version_num: int) -> str:
+    """Raises ProjectConfigError when a `template_inputs` pattern matches no file."""
     digest = hashlib.sha256()
     _feed(digest, TEMPLATE_FORMAT, project.name, str(server_version_num // 10000))
     config = project.alembic_config
@@ -60,8 +62,10 @@ def fingerprint(project: Project, metadata: MetaData, server_version_num: int) -
         _feed(digest, config.read_bytes())
     scripts = Path(ScriptDirectory.from_config(alembic_config(project)).dir)
     for path in sorted(scripts.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+        if path.is_file() and not is_bytecode(path):
             _feed(digest, str(path.relative_to(scripts)), path.read_bytes())
+    for relative, path in project.template_input_files().items():
+        _feed(digest, "input", relative, path.read_bytes())
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     for table in metadata.sorted_tables:
         _feed(digest, str(CreateTable(table).compile(dialect=dialect)))

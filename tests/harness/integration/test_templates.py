@@ -621,3 +621,64 @@ def test_the_launcher_keeps_a_new_template_in_its_cache_and_the_next_run_builds_
     assert third_before == [built]
     assert rebuilt != built
     assert (cached_cluster(cache_dir) / TEMPLATES_FILE).read_text().split() == [rebuilt]
+
+
+# A migration that reads a file outside its own folder (whose files the fingerprint covers):
+# app/sql/seed.sql, whose content only template_inputs can bring into the fingerprint.
+READS_SQL = """revision = "0002"
+down_revision = "0001"
+
+from pathlib import Path
+
+from alembic import op
+
+SEED = Path(__file__).resolve().parents[2] / "app" / "sql" / "seed.sql"
+
+
+def upgrade():
+    op.execute(SEED.read_text())
+"""
+SEED_SQL = "INSERT INTO notes (title, body) VALUES ('seed', '{}')"
+SEED_QUERY = text("SELECT body FROM notes WHERE title = 'seed'")
+
+
+def write_seed(root: Path, body: str) -> None:
+    seed = root / "app" / "sql" / "seed.sql"
+    seed.parent.mkdir(parents=True, exist_ok=True)
+    seed.write_text(SEED_SQL.format(body))
+
+
+@pytest_asyncio.fixture
+async def reading_project(tmp_path: Path, admin: AsyncEngine) -> AsyncIterator[Project]:
+    """A private project whose migration 0002 runs app/sql/seed.sql (seeding body 'v1'), which
+    its template_inputs names; its databases are dropped after."""
+    root = tmp_path / "reads"
+    write_seed(root, "v1")
+    project = write_migrations_project(
+        root, unique_name("tmplreads"), template_inputs=["app/sql/*.sql"]
+    )
+    (root / "migrations" / "versions" / "0002_seed.py").write_text(READS_SQL)
+    try:
+        yield project
+    finally:
+        await drop_databases_starting(admin, template_prefix(project))
+
+
+async def seed_in_a_clone(database_url: str, run_names: RunNames, template: str) -> str:
+    async with clone_of(database_url, run_names, template) as run, run.connect() as conn:
+        return str(await conn.scalar(SEED_QUERY))
+
+
+async def test_a_changed_sql_file_named_in_template_inputs_gives_a_rebuilt_template(
+    reading_project: Project, admin: AsyncEngine, database_url: str, run_names: RunNames
+) -> None:
+    first = await ensure_template(database_url, reading_project, METADATA)
+    seeded = await seed_in_a_clone(database_url, run_names, first)
+    write_seed(reading_project.root, "v2")  # no migration, no model changed: only the file
+
+    second = await ensure_template(database_url, reading_project, METADATA)
+
+    assert seeded == "v1"
+    assert second != first
+    assert await seed_in_a_clone(database_url, run_names, second) == "v2"
+    assert second in await databases_of(admin, reading_project)
