@@ -192,6 +192,52 @@ def _choose_per_run(resolved: HarnessConfig) -> HarnessConfig:
     return dataclasses.replace(resolved, per_run=per_run)
 
 
+def _tell(config: pytest.Config, line: str) -> None:
+    """Write a line for the person running the tests, past pytest's capture: in the early hook,
+    what is captured would only show in the first collector's report, and only if it failed."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        sys.stderr.write(line + "\n")
+        return
+    with capture.global_and_fixture_disabled():
+        sys.stderr.write(line + "\n")
+
+
+def _drop_templates_if_asked(config: pytest.Config, resolved: HarnessConfig) -> None:
+    """TEST_REBUILD_TEMPLATE=1: drop the project's templates before any test, here where the
+    run resolves (an xdist worker never does), so the run's first build is afresh and every
+    worker clones that one. A run on schemas has no template: each one migrates its own."""
+    if not resolved.rebuild_template or resolved.per_run != "database":
+        return
+    import asyncio
+
+    from sqlalchemy.exc import DBAPIError
+
+    from .migrations import MigrationError
+    from .templates import drop_project_templates, template_prefix
+
+    variable, project = contract.TEST_REBUILD_TEMPLATE.name, resolved.project
+    try:
+        dropped = asyncio.run(
+            drop_project_templates(
+                resolved.database_url, project, wait_s=resolved.services_timeout_s
+            )
+        )
+    except MigrationError as exc:  # another run's build outlasted the wait: names the fix
+        raise _Refusal(f"{variable}=1: {exc}") from None
+    except (DBAPIError, OSError) as exc:
+        raise _Refusal(
+            f"{variable}=1: the migrated templates of {project.name} could not be dropped: {exc}"
+            f"\n  fix:  drop them by hand as their owner (their names start with "
+            f"{template_prefix(project)}), or unset {variable}"
+        ) from None
+    _tell(
+        config,
+        f"harness: {variable}=1: dropped {len(dropped)} migrated template(s) of "
+        f"{project.name}{': ' if dropped else ''}{', '.join(dropped)}; this run builds its own",
+    )
+
+
 def _resolve_guarded(config: pytest.Config, project: Project) -> None:
     """Resolve, guard and look at the server once, then point the app's own database variable
     at the guarded test database: an app that reads its URL at import finds it there, never
@@ -204,6 +250,7 @@ def _resolve_guarded(config: pytest.Config, project: Project) -> None:
     gc.disable()
     try:
         resolved = _choose_per_run(_resolve(project, cleanups.append))
+        _drop_templates_if_asked(config, resolved)
     except BaseException:
         for cleanup in reversed(cleanups):
             cleanup()

@@ -323,11 +323,11 @@ spec.loader.exec_module(sample_models)
 """
 
 
-DRIFT_PYPROJECT = """[tool.harness]
+NESTED_PYPROJECT = """[tool.harness]
 name = "{name}"
 services = ["postgres"]
 guarded_paths = ["checks"]
-adapter = "drift_adapter"
+adapter = "nested_adapter"
 alembic_config = "alembic.ini"
 
 [tool.pytest.ini_options]
@@ -355,32 +355,45 @@ async def session_dependency():
 DRIFT_TEST = "async def test_that_needs_the_database(db_session):\n    pass\n"
 
 
+def make_nested_project(project: Project, adapter: str, test: str) -> None:
+    """Make `project` a pytest project of its own: its table with pytest's settings, the adapter
+    module `nested_adapter` holding `adapter`, and `test` in checks/, its guarded path."""
+    root = project.root
+    (root / "pyproject.toml").write_text(
+        NESTED_PYPROJECT.format(name=project.name, repo=REPO_ROOT.as_posix())
+    )
+    (root / "nested_adapter.py").write_text(adapter)
+    (root / "conftest.py").write_text(f"pytest_plugins = [{plugin.__name__!r}]\n")
+    (root / "checks").mkdir()
+    (root / "checks" / "test_it.py").write_text(test)
+
+
+async def run_nested_project(
+    harness_config: HarnessConfig, project: Project, run_id: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`pytest checks` in the project made by make_nested_project, on this run's server."""
+    child_env = clean_environment(harness_config.project, project)
+    child_env |= service_environment(harness_config, with_s3=False)
+    child_env |= {project.run_id_variable: run_id, **env}
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "pytest", "checks"],
+        cwd=project.root,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=NESTED_TIMEOUT_S,
+    )
+
+
 async def test_a_run_whose_models_drift_stops_before_its_tests_with_the_drift_message(
     harness_config: HarnessConfig, admin: AsyncEngine, run_names: RunNames, tmp_path: Path
 ) -> None:
-    root = tmp_path / "drift"
-    project = write_migrations_project(root, unique_name("tmpldrift"))
-    (root / "pyproject.toml").write_text(
-        DRIFT_PYPROJECT.format(name=project.name, repo=REPO_ROOT.as_posix())
-    )
-    (root / "drift_adapter.py").write_text(DRIFT_ADAPTER)
-    (root / "conftest.py").write_text(f"pytest_plugins = [{plugin.__name__!r}]\n")
-    (root / "checks").mkdir()
-    (root / "checks" / "test_drift.py").write_text(DRIFT_TEST)
+    project = write_migrations_project(tmp_path / "drift", unique_name("tmpldrift"))
+    make_nested_project(project, DRIFT_ADAPTER, DRIFT_TEST)
     child_run = names_for(run_names, "drift").run_id
-    env = clean_environment(harness_config.project, project)
-    env |= service_environment(harness_config, with_s3=False)
-    env[project.run_id_variable] = child_run
     try:
-        result = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "pytest", "checks"],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=NESTED_TIMEOUT_S,
-        )
+        result = await run_nested_project(harness_config, project, child_run)
         left = await databases_of(admin, project)
     finally:
         await drop_databases_starting(admin, template_prefix(project))
@@ -682,3 +695,101 @@ async def test_a_changed_sql_file_named_in_template_inputs_gives_a_rebuilt_templ
     assert second != first
     assert await seed_in_a_clone(database_url, run_names, second) == "v2"
     assert second in await databases_of(admin, reading_project)
+
+
+async def test_dropping_a_projects_templates_waits_for_a_clone_and_spares_all_else(
+    project: Project, admin: AsyncEngine, database_url: str, tmp_path: Path
+) -> None:
+    prefix = template_prefix(project)
+    other = write_migrations_project(tmp_path / "other", f"{project.name}_x")  # shares our prefix
+    ours = [f"{prefix}{day:016d}" for day in range(1, 4)]
+    half_built = f"{prefix}{'h' * 16}"
+    untouchable = {
+        f"{template_prefix(other)}{'o' * 16}": stamp_of(other, "2000-01-01T00:00:00Z"),
+        f"{prefix}{'u' * 16}": None,  # unstamped
+        f"{prefix}{'j' * 16}": "not json",
+    }
+    async with autocommit(admin).connect() as conn:
+        for name in ours:
+            await create_template(conn, name, stamp_of(project, "2020-01-01T00:00:00Z"))
+        await create_template(
+            conn, half_built, stamp_of(project, "2020-01-01T00:00:00Z"), is_template=False
+        )
+        for name, comment in untouchable.items():
+            await create_template(conn, name, comment)
+    try:
+        async with autocommit(admin).connect() as clone:
+            await clone.execute(LOCK_SHARED, {"n": ours[0]})  # a run clones it right now
+            dropping = asyncio.create_task(
+                templates.drop_project_templates(database_url, project, wait_s=LOCK_WAIT_S)
+            )
+            await wait_for_a_lock_waiter(clone, ours[0])
+            cloning = await template_row(admin, ours[0])
+            await clone.execute(UNLOCK_SHARED, {"n": ours[0]})
+            dropped = await dropping
+        left = await databases_of(admin, project)
+    finally:
+        await drop_databases_starting(admin, template_prefix(other))
+
+    assert cloning is not None  # still there while the clone held it
+    assert dropped == sorted([*ours, half_built])
+    assert left == sorted(name for name in untouchable if name.startswith(prefix))
+
+
+SEED_TEST = """import os
+
+from sqlalchemy import text
+
+
+async def test_the_seed_is_what_the_sql_file_held(db_session):
+    body = await db_session.scalar(text("SELECT body FROM notes WHERE title = 'seed'"))
+    assert body == os.environ["EXPECTED_SEED"]
+"""
+SEED_ADAPTER = f"""{SAMPLE_MODELS}
+metadata = sample_models.Base.metadata
+
+
+def create_app(run):
+    raise NotImplementedError
+
+
+async def session_dependency():
+    yield
+"""
+
+
+async def test_a_run_with_test_rebuild_template_rebuilds_a_template_an_unnamed_file_left_stale(
+    harness_config: HarnessConfig, admin: AsyncEngine, run_names: RunNames, tmp_path: Path
+) -> None:
+    root = tmp_path / "unnamed"
+    write_seed(root, "v1")
+    project = write_migrations_project(root, unique_name("tmplforce"))  # no template_inputs
+    (root / "migrations" / "versions" / "0002_seed.py").write_text(READS_SQL)
+    make_nested_project(project, SEED_ADAPTER, SEED_TEST)
+    try:
+        built = await ensure_template(harness_config.database_url, project, METADATA)
+        before = await template_row(admin, built)
+        write_seed(root, "v2")
+        stale = await run_nested_project(
+            harness_config, project, names_for(run_names, "stale").run_id, EXPECTED_SEED="v1"
+        )
+        forced = await run_nested_project(
+            harness_config,
+            project,
+            names_for(run_names, "force").run_id,
+            EXPECTED_SEED="v2",
+            TEST_REBUILD_TEMPLATE="1",
+        )
+        after = await template_row(admin, built)
+        left = await databases_of(admin, project)
+    finally:
+        await drop_databases_starting(admin, template_prefix(project))
+
+    said = forced.stdout + forced.stderr
+    assert stale.returncode == pytest.ExitCode.OK, stale.stdout + stale.stderr  # the problem
+    assert forced.returncode == pytest.ExitCode.OK, said
+    assert f"TEST_REBUILD_TEMPLATE=1: dropped 1 migrated template(s) of {project.name}" in said
+    assert f": {built}; this run builds its own" in said
+    assert before is not None and after is not None
+    assert after.oid != before.oid  # the same fingerprint, built again
+    assert left == [built]
