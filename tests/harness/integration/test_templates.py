@@ -793,3 +793,45 @@ async def test_a_run_with_test_rebuild_template_rebuilds_a_template_an_unnamed_f
     assert before is not None and after is not None
     assert after.oid != before.oid  # the same fingerprint, built again
     assert left == [built]
+
+
+def seed_in_a_fresh_run(
+    project: Project, run_base: Path, cache_dir: Path, *, drop_first: bool = False
+) -> tuple[list[str], str]:
+    """Start the embedded launcher's PostgreSQL (a copy of the cached cluster); with
+    `drop_first`, drop the project's templates as TEST_REBUILD_TEMPLATE does; ensure the
+    template and read the seed from a clone; stop (which saves new templates to the cache):
+    what was dropped, and the seed."""
+
+    async def on(url: str) -> tuple[list[str], str]:
+        dropped = await templates.drop_project_templates(url, project) if drop_first else []
+        name = await ensure_template(url, project, METADATA)
+        names = RunNames(project, unique_name("seed"), "main")
+        return dropped, await seed_in_a_clone(url, names, name)
+
+    with embedded_services(settings_for(project, run_base, cache_dir), report=None) as running:
+        url = resolve_database(project, running.env).url
+        assert url is not None
+        return asyncio.run(on(url))
+
+
+def test_a_template_rebuilt_under_its_own_name_replaces_it_in_the_launchers_cache(
+    tmp_path: Path, run_base: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "cached"
+    write_seed(root, "v1")
+    project = write_migrations_project(root, unique_name("tmplcache"))  # no template_inputs
+    (root / "migrations" / "versions" / "0002_seed.py").write_text(READS_SQL)
+
+    first = seed_in_a_fresh_run(project, run_base, cache_dir)
+    write_seed(root, "v2")
+    stale = seed_in_a_fresh_run(project, run_base, cache_dir)  # what the cache holds
+    forced = seed_in_a_fresh_run(project, run_base, cache_dir, drop_first=True)
+    with monkeypatch.context() as patched:
+        no_migrations(patched)
+        cold = seed_in_a_fresh_run(project, run_base, cache_dir)
+
+    cached = (cached_cluster(cache_dir) / TEMPLATES_FILE).read_text().split()
+    assert first == stale == ([], "v1")
+    assert forced == (cached, "v2")
+    assert cold == ([], "v2")  # a cold run clones the rebuilt template, building nothing
