@@ -212,9 +212,9 @@ def _parse_table(root: Path, table: dict[str, Any], source: Path) -> Project:
             problems.append(f"{key}: must be a {kind.__name__}, got {value!r}")
         return value
 
-    unknown = sorted(set(table) - _KEYS)
+    unknown = sorted(set(table) - KEYS)
     if unknown:
-        problems.append(f"unknown keys {unknown}; the table knows {sorted(_KEYS)}")
+        problems.append(f"unknown keys {unknown}; the table knows {sorted(KEYS)}")
     name = get("name", str)
     if isinstance(name, str) and not _NAME.fullmatch(name):
         problems.append(
@@ -257,7 +257,8 @@ def _parse_table(root: Path, table: dict[str, Any], source: Path) -> Project:
     )
 
 
-_KEYS = frozenset(
+# Every key of the table; the README's table and EXAMPLE_TABLE show each (tests/tooling).
+KEYS = frozenset(
     {
         "name",
         "services",
