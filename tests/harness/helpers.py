@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,15 +134,17 @@ def write_project(
     *,
     name: str = "sample",
     alembic_config: str = "pyproject.toml",
+    template_inputs: Sequence[str] = (),
 ) -> Project:
     """A minimal project named `name` in `root`, for tests that need a Project."""
     root.mkdir(parents=True, exist_ok=True)
+    inputs = f"template_inputs = {json.dumps(list(template_inputs))}\n" if template_inputs else ""
     (root / "pyproject.toml").write_text(
         "[tool.harness]\n"
         f"name = {json.dumps(name)}\n"
         f"services = {json.dumps(list(services))}\n"
         'adapter = "sample.adapter"\n'
-        f"alembic_config = {json.dumps(alembic_config)}\n"
+        f"alembic_config = {json.dumps(alembic_config)}\n" + inputs
     )
     return load_project(root / "pyproject.toml")
 
@@ -161,11 +163,16 @@ with context.begin_transaction():
 
 
 def write_migrations_project(
-    root: Path, name: str, services: tuple[str, ...] = ("postgres",)
+    root: Path,
+    name: str,
+    services: tuple[str, ...] = ("postgres",),
+    *,
+    template_inputs: Sequence[str] = (),
 ) -> Project:
     """A project named `name` in `root` with its own copy of the sample app's Alembic files
     (alembic.ini, the script template and the migrations; a minimal env.py), to edit or to run:
-    what it migrates to is the sample's schema (sample/models.py)."""
+    what it migrates to is the sample's schema (sample/models.py). The files `template_inputs`
+    names must exist before."""
     scripts = root / "migrations"
     scripts.mkdir(parents=True, exist_ok=True)
     shutil.copy(SAMPLE / "alembic.ini", root / "alembic.ini")
@@ -176,7 +183,9 @@ def write_migrations_project(
         ignore=shutil.ignore_patterns("__pycache__"),
     )
     (scripts / "env.py").write_text(SCRATCH_ENV_PY)
-    return write_project(root, services, name=name, alembic_config="alembic.ini")
+    return write_project(
+        root, services, name=name, alembic_config="alembic.ini", template_inputs=template_inputs
+    )
 
 
 def with_extra_column(metadata: MetaData, table: str = "notes") -> MetaData:

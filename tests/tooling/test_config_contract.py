@@ -10,10 +10,11 @@ from __future__ import annotations
 import configparser
 import importlib.util
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
-from realstack import contract, load_project
+from realstack import contract, load_project, project
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = load_project(ROOT / "pyproject.toml")
@@ -243,3 +244,13 @@ def test_readme_table_lists_every_variable() -> None:
     text = (ROOT / "README.md").read_text()
     for variable in contract.VARIABLES:
         assert f"| `{variable.name}`" in text, variable.name
+
+
+def test_the_readme_and_the_example_table_show_every_key_of_the_harness_table() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("**2. The table**", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+
+    shown = set(tomllib.loads(block)["tool"]["harness"])
+    example = set(tomllib.loads(project.EXAMPLE_TABLE)["tool"]["harness"])
+
+    assert shown == example == project.KEYS

@@ -45,6 +45,9 @@ class HarnessConfig:
     test_timeout_s: float = 60.0
     # How long a run waits for another's template build (TEST_SERVICES_TIMEOUT).
     services_timeout_s: float = 30.0
+    # TEST_REBUILD_TEMPLATE: the process that resolves (never an xdist worker) drops the
+    # project's templates before any test (plugin.py), so the run builds its own afresh.
+    rebuild_template: bool = False
 
     def to_json(self) -> str:
         """For xdist workers, which take the controller's result instead of resolving again."""
@@ -82,6 +85,7 @@ def resolve_config(
         allow_user_tables=contract.TEST_ALLOW_USER_TABLES.value(env, project),
         test_timeout_s=contract.TEST_TIMEOUT.value(env, project),
         services_timeout_s=contract.TEST_SERVICES_TIMEOUT.value(env, project),
+        rebuild_template=contract.TEST_REBUILD_TEMPLATE.value(env, project),
     )
 
 

@@ -191,6 +191,14 @@ TEST_ALLOW_USER_TABLES = Variable(
     _flag,
     "0",
 )
+TEST_REBUILD_TEMPLATE = Variable(
+    "TEST_REBUILD_TEMPLATE",
+    SetBy.USER,
+    "1: before its tests, the run drops this project's migrated templates on the server, so "
+    "its template is built afresh (the migrations read a file template_inputs does not name)",
+    _flag,
+    "0",
+)
 PG_BINDIR = Variable(
     "PG_BINDIR", SetBy.USER, "embedded path: use these PostgreSQL binaries instead", Path
 )
@@ -244,6 +252,7 @@ VARIABLES: tuple[Variable[object], ...] = (
     TEST_KEEP_ON_FAILURE,
     TEST_ALLOWED_HOSTS,
     TEST_ALLOW_USER_TABLES,
+    TEST_REBUILD_TEMPLATE,
     PG_BINDIR,
     TEST_SERVICES_TIMEOUT,
     TEST_TIMEOUT,

@@ -25,6 +25,7 @@ from .isolation import end_test_transaction, joined_session
 from .janitor import RunStore, run_store
 from .leaks import Baseline, undo_leftovers
 from .migrations import MigrationError, prepare
+from .project import ProjectConfigError
 from .services import endpoints_down
 from .stamps import RunNames
 from .stash import ADAPTER, CONFIG, RUN_BUCKET
@@ -125,7 +126,8 @@ async def _run_store(
                 else:
                     own = run_store(server_url, run_names, "schema")
                 store = await stack.enter_async_context(own)
-            except MigrationError as exc:
+            # ProjectConfigError: a template_inputs pattern matches no file since the table's load.
+            except (MigrationError, ProjectConfigError) as exc:
                 stop_run(request.config, str(exc))
             yielded = True
             yield store

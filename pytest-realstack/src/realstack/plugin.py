@@ -154,14 +154,22 @@ def _import_fixtures() -> None:
     from . import fixtures  # noqa: F401
 
 
-def _resolve(project: Project, add_cleanup: Callable[[Callable[[], None]], None]) -> HarnessConfig:
+def _resolve(
+    config: pytest.Config, project: Project, add_cleanup: Callable[[Callable[[], None]], None]
+) -> HarnessConfig:
     from .embedded.procs import HarnessSetupError, ServiceStartError
     from .embedded.readiness import ServicesNotReadyError
     from .embedded.warm import StaleServicesError
 
     env = dict(os.environ)
     try:
-        env |= find_services(project, env, add_cleanup=add_cleanup, before_wait=_import_fixtures)
+        env |= find_services(
+            project,
+            env,
+            add_cleanup=add_cleanup,
+            before_wait=_import_fixtures,
+            tell=lambda line: _tell(config, line),
+        )
         return resolve_config(project, env)
     except KeyboardInterrupt:
         raise _Refusal(
@@ -179,7 +187,7 @@ def _resolve(project: Project, add_cleanup: Callable[[Callable[[], None]], None]
         raise _Refusal(refusal) from None
 
 
-def _choose_per_run(resolved: HarnessConfig) -> HarnessConfig:
+def _choose_per_run(config: pytest.Config, resolved: HarnessConfig) -> HarnessConfig:
     """One look at the server: refuse a database the tests must not use, and decide whether
     each run gets a database or a schema of its own (said once, on the fallback)."""
     from .safety import choose_per_run
@@ -190,7 +198,7 @@ def _choose_per_run(resolved: HarnessConfig) -> HarnessConfig:
     except GuardError as refusal:
         raise _Refusal(f"{refusal}{_warm_hint(resolved)}") from None
     for note in notes:
-        sys.stderr.write(note + "\n")
+        _tell(config, note)
     return dataclasses.replace(resolved, per_run=per_run)
 
 
@@ -229,6 +237,52 @@ def _warm_hint(resolved: HarnessConfig) -> str:
         return ""
 
 
+def _tell(config: pytest.Config, line: str) -> None:
+    """Write a line for the person running the tests, past pytest's capture: in the early hook,
+    what is captured would only show in the first collector's report, and only if it failed."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        sys.stderr.write(line + "\n")
+        return
+    with capture.global_and_fixture_disabled():
+        sys.stderr.write(line + "\n")
+
+
+def _drop_templates_if_asked(config: pytest.Config, resolved: HarnessConfig) -> None:
+    """TEST_REBUILD_TEMPLATE=1: drop the project's templates before any test, here where the
+    run resolves (an xdist worker never does), so the run's first build is afresh and every
+    worker clones that one. A run on schemas has no template: each one migrates its own."""
+    if not resolved.rebuild_template or resolved.per_run != "database":
+        return
+    import asyncio
+
+    from sqlalchemy.exc import DBAPIError
+
+    from .migrations import MigrationError
+    from .templates import drop_project_templates, template_prefix
+
+    variable, project = contract.TEST_REBUILD_TEMPLATE.name, resolved.project
+    try:
+        dropped = asyncio.run(
+            drop_project_templates(
+                resolved.database_url, project, wait_s=resolved.services_timeout_s
+            )
+        )
+    except MigrationError as exc:  # another run's build outlasted the wait: names the fix
+        raise _Refusal(f"{variable}=1: {exc}") from None
+    except (DBAPIError, OSError) as exc:
+        raise _Refusal(
+            f"{variable}=1: the migrated templates of {project.name} could not be dropped: {exc}"
+            f"\n  fix:  drop them by hand as their owner (their names start with "
+            f"{template_prefix(project)}), or unset {variable}"
+        ) from None
+    _tell(
+        config,
+        f"harness: {variable}=1: dropped {len(dropped)} migrated template(s) of "
+        f"{project.name}{': ' if dropped else ''}{', '.join(dropped)}; this run builds its own",
+    )
+
+
 def _resolve_guarded(config: pytest.Config, project: Project) -> None:
     """Resolve, guard and look at the server once, then point the app's own database variable
     at the guarded test database: an app that reads its URL at import finds it there, never
@@ -241,7 +295,8 @@ def _resolve_guarded(config: pytest.Config, project: Project) -> None:
     # inside pytest, where much is imported before, 0.01-0.1 s). It runs again afterwards.
     gc.disable()
     try:
-        resolved = _choose_per_run(_resolve(project, cleanups.append))
+        resolved = _choose_per_run(config, _resolve(config, project, cleanups.append))
+        _drop_templates_if_asked(config, resolved)
     except BaseException:
         for cleanup in reversed(cleanups):
             cleanup()

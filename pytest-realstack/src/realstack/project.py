@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 TABLE = "harness"
@@ -24,7 +24,8 @@ guarded_paths = ["tests/integration"]    # tests here need the real services
 adapter = "tests.adapter"                # the module that knows your app
 alembic_config = "alembic.ini"           # or "pyproject.toml" ([tool.alembic])
 app_database_url_variable = "DATABASE_URL"
-drift_check = true"""
+drift_check = true
+template_inputs = []                     # files your migrations read, e.g. ["app/sql/*.sql"]"""
 
 
 class ProjectConfigError(Exception):
@@ -55,6 +56,9 @@ class Project:
     alembic_config: Path
     app_database_url_variable: str
     drift_check: bool
+    # Paths or glob patterns, relative to `root`, of the files the migrations read besides
+    # their own folder (SQL files, the app's constants): templates.fingerprint covers them.
+    template_inputs: tuple[str, ...] = ()
 
     @property
     def uses_s3(self) -> bool:
@@ -97,6 +101,17 @@ class Project:
     def describe_services(self) -> str:
         return "PostgreSQL and S3" if self.uses_s3 else "PostgreSQL"
 
+    def template_input_files(self) -> dict[str, Path]:
+        """The files `template_inputs` names now, by their POSIX path relative to the root,
+        sorted; raises ProjectConfigError when a pattern matches no file (any more)."""
+        files, problems = match_template_inputs(self.root, self.template_inputs)
+        if problems:
+            raise ProjectConfigError(
+                f"[tool.{TABLE}] in {self.root / 'pyproject.toml'}, read again for this run's "
+                "migrated template: " + "; ".join(problems)
+            )
+        return files
+
     def is_guarded(self, path: Path) -> bool:
         """True when `path` is, is inside, or contains a guarded test path."""
         path = path.resolve()
@@ -104,6 +119,58 @@ class Project:
             path == guarded or guarded in path.parents or path in guarded.parents
             for guarded in self.guarded_paths
         )
+
+
+def is_bytecode(path: PurePath) -> bool:
+    """A compiled module, which Python rewrites at will: never a fingerprint's input."""
+    return "__pycache__" in path.parts or path.suffix == ".pyc"
+
+
+def match_template_inputs(root: Path, patterns: object) -> tuple[dict[str, Path], list[str]]:
+    """The files that `template_inputs` (paths or pathlib glob patterns, `**` included) match
+    under `root`, by relative POSIX path, sorted; and a problem for each pattern that is not a
+    relative path inside the root, or that matches no file (a typo must not keep a stale
+    template)."""
+    key = "template_inputs"
+    if not isinstance(patterns, list | tuple) or not all(isinstance(p, str) for p in patterns):
+        return {}, [
+            f"{key}: must be a list of paths or glob patterns, got {patterns!r}; "
+            'e.g. ["app/sql/*.sql", "app/constants.py"]'
+        ]
+    files: dict[str, Path] = {}
+    problems: list[str] = []
+    for pattern in patterns:
+        parts = PurePath(pattern).parts
+        if not parts:
+            problems.append(f"{key}: {pattern!r} is empty; remove it from the list")
+            continue
+        if PurePath(pattern).is_absolute():
+            problems.append(
+                f"{key}: {pattern!r} is absolute; write it relative to the project root "
+                f"{root}, e.g. 'app/sql/*.sql'"
+            )
+            continue
+        if ".." in parts:
+            problems.append(
+                f"{key}: {pattern!r} leaves the project root {root} ('..'); name files inside "
+                "the project"
+            )
+            continue
+        matches = sorted(root.glob(pattern))
+        found = [m for m in matches if m.is_file() and not is_bytecode(m.relative_to(root))]
+        if found:
+            files.update((m.relative_to(root).as_posix(), m) for m in found)
+        elif matches and all(m.is_dir() for m in matches):
+            problems.append(
+                f"{key}: {pattern!r} matches only folders under {root}; name their files, "
+                f"e.g. '{pattern.rstrip('/')}/**/*'"
+            )
+        else:
+            problems.append(
+                f"{key}: {pattern!r} matches no file under {root}; correct it, or remove it "
+                "(a pattern that names nothing would keep a stale template)"
+            )
+    return dict(sorted(files.items())), problems
 
 
 def find_pyproject(start: Path) -> Path:
@@ -145,9 +212,9 @@ def _parse_table(root: Path, table: dict[str, Any], source: Path) -> Project:
             problems.append(f"{key}: must be a {kind.__name__}, got {value!r}")
         return value
 
-    unknown = sorted(set(table) - _KEYS)
+    unknown = sorted(set(table) - KEYS)
     if unknown:
-        problems.append(f"unknown keys {unknown}; the table knows {sorted(_KEYS)}")
+        problems.append(f"unknown keys {unknown}; the table knows {sorted(KEYS)}")
     name = get("name", str)
     if isinstance(name, str) and not _NAME.fullmatch(name):
         problems.append(
@@ -169,6 +236,8 @@ def _parse_table(root: Path, table: dict[str, Any], source: Path) -> Project:
     if isinstance(url_variable, str) and not _VARIABLE.fullmatch(url_variable):
         problems.append(f"app_database_url_variable: {url_variable!r} is not a variable name")
     drift = get("drift_check", bool, True)
+    inputs = table.get("template_inputs", [])
+    problems += match_template_inputs(root, inputs)[1]
     if problems:
         raise ProjectConfigError(
             f"[tool.{TABLE}] in {source} has {len(problems)} problem(s):\n"
@@ -184,10 +253,12 @@ def _parse_table(root: Path, table: dict[str, Any], source: Path) -> Project:
         alembic_config=root / alembic,
         app_database_url_variable=url_variable,
         drift_check=drift,
+        template_inputs=tuple(inputs),
     )
 
 
-_KEYS = frozenset(
+# Every key of the table; the README's table and EXAMPLE_TABLE show each (tests/tooling).
+KEYS = frozenset(
     {
         "name",
         "services",
@@ -196,6 +267,7 @@ _KEYS = frozenset(
         "alembic_config",
         "app_database_url_variable",
         "drift_check",
+        "template_inputs",
     }
 )
 

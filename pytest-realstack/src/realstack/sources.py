@@ -19,10 +19,12 @@ def find_services(
     *,
     add_cleanup: Callable[[Callable[[], None]], None] | None = None,
     before_wait: Callable[[], None] | None = None,
+    tell: Callable[[str], None] | None = None,
 ) -> dict[str, str]:
     """The service variables to merge over `env`; {} when `env` names them already (or
     nothing does: the guard then says what to set). `before_wait` runs while a launcher's
-    servers boot; `add_cleanup` receives the stop of servers started here."""
+    servers boot; `add_cleanup` receives the stop of servers started here; `tell` writes a line
+    for the person running the tests (default: stderr)."""
     settings = embedded_settings(project, env)
     if env.get(project.ready_file_variable, "").strip():
         from .embedded.readiness import wait_for_services
@@ -34,7 +36,7 @@ def find_services(
         return {}
     from .embedded.warm import load_warm_services
 
-    warm = load_warm_services(settings)
+    warm = load_warm_services(settings, tell)
     if warm:
         return warm
     if add_cleanup is not None and contract.TEST_EMBEDDED_SERVICES.get(env, project):

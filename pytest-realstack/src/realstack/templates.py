@@ -2,8 +2,9 @@
 under an advisory lock (concurrent runs and xdist workers wait for one builder); each run then
 clones it with CREATE DATABASE ... TEMPLATE instead of replaying the migrations.
 
-The fingerprint covers the migration scripts and the Alembic config, the models' DDL (so the
-drift check reruns when a model changes), the PostgreSQL major version and TEMPLATE_FORMAT.
+The fingerprint covers the migration scripts and the Alembic config, the files the table's
+`template_inputs` names (what the migrations read from elsewhere), the models' DDL (so the drift
+check reruns when a model changes), the PostgreSQL major version and TEMPLATE_FORMAT.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .janitor import (
     run_store,
 )
 from .migrations import MigrationError, alembic_config, prepare
-from .project import Project
+from .project import Project, is_bytecode
 from .stamps import RunNames, Stamp
 
 TEMPLATE_FORMAT = "1"  # bump when what a template holds, or how it is keyed, changes
@@ -50,6 +51,7 @@ def _feed(digest: hashlib._Hash, *parts: str | bytes) -> None:
 
 
 def fingerprint(project: Project, metadata: MetaData, server_version_num: int) -> str:
+    """Raises ProjectConfigError when a `template_inputs` pattern matches no file."""
     digest = hashlib.sha256()
     _feed(digest, TEMPLATE_FORMAT, project.name, str(server_version_num // 10000))
     config = project.alembic_config
@@ -60,8 +62,10 @@ def fingerprint(project: Project, metadata: MetaData, server_version_num: int) -
         _feed(digest, config.read_bytes())
     scripts = Path(ScriptDirectory.from_config(alembic_config(project)).dir)
     for path in sorted(scripts.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+        if path.is_file() and not is_bytecode(path):
             _feed(digest, str(path.relative_to(scripts)), path.read_bytes())
+    for relative, path in project.template_input_files().items():
+        _feed(digest, "input", relative, path.read_bytes())
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     for table in metadata.sorted_tables:
         _feed(digest, str(CreateTable(table).compile(dialect=dialect)))
@@ -103,22 +107,34 @@ async def _build(
     )
 
 
-async def sweep_stale_templates(conn: AsyncConnection, project: Project, current: str) -> list[str]:
-    """Drop this project's templates of other fingerprints beyond the newest KEEP_STALE, and
-    half-built ones whose builder is gone (nobody holds their advisory lock)."""
+async def _stamped_templates(
+    conn: AsyncConnection, project: Project
+) -> list[tuple[str, bool, Stamp]]:
+    """This project's migrated templates on the server, complete or half-built (name, whether
+    complete, stamp): only databases whose stamp says this project's harness built them."""
     rows = (
         await conn.execute(
             text(
                 "SELECT datname, datistemplate, shobj_description(oid, 'pg_database') "
-                "FROM pg_database WHERE starts_with(datname, :prefix) AND datname <> :current"
+                "FROM pg_database WHERE starts_with(datname, :prefix) ORDER BY datname"
             ),
-            {"prefix": template_prefix(project), "current": current},
+            {"prefix": template_prefix(project)},
         )
     ).all()
-    complete, half_built = [], []
+    found = []
     for name, is_template, comment in rows:
         stamp = Stamp.from_json(project, comment)
-        if stamp is None or not stamp.template:
+        if stamp is not None and stamp.template:
+            found.append((name, bool(is_template), stamp))
+    return found
+
+
+async def sweep_stale_templates(conn: AsyncConnection, project: Project, current: str) -> list[str]:
+    """Drop this project's templates of other fingerprints beyond the newest KEEP_STALE, and
+    half-built ones whose builder is gone (nobody holds their advisory lock)."""
+    complete, half_built = [], []
+    for name, is_template, stamp in await _stamped_templates(conn, project):
+        if name == current:
             continue
         if is_template:
             complete.append((stamp.created_at, name))
@@ -222,6 +238,31 @@ async def ensure_template(
             return name
     finally:
         await admin.dispose()
+
+
+async def drop_project_templates(
+    server_url: str, project: Project, *, wait_s: float = BUILD_WAIT_S
+) -> list[str]:
+    """Drop every migrated template of this project on the server, of any fingerprint, so the
+    next ensure_template builds afresh (TEST_REBUILD_TEMPLATE): only databases its stamp marks,
+    each under its build lock, so a build or clone under way ends first (waited for at most
+    `wait_s`, then MigrationError names the holder). The names dropped, in order."""
+    admin = autocommit_engine(server_url)
+    dropped = []
+    try:
+        async with admin.connect() as conn:
+            for name, _, _ in await _stamped_templates(conn, project):
+                await _take_build_lock(conn, project, name, wait_s)
+                try:
+                    # Looked up again under the lock: a concurrent sweep may have dropped it.
+                    if name in {found for found, _, _ in await _stamped_templates(conn, project)}:
+                        await drop_database(conn, name)
+                        dropped.append(name)
+                finally:
+                    await _unlock(conn, name)
+    finally:
+        await admin.dispose()
+    return dropped
 
 
 # How often a run builds the template again when a concurrent run's sweep dropped it between

@@ -323,11 +323,11 @@ spec.loader.exec_module(sample_models)
 """
 
 
-DRIFT_PYPROJECT = """[tool.harness]
+NESTED_PYPROJECT = """[tool.harness]
 name = "{name}"
 services = ["postgres"]
 guarded_paths = ["checks"]
-adapter = "drift_adapter"
+adapter = "nested_adapter"
 alembic_config = "alembic.ini"
 
 [tool.pytest.ini_options]
@@ -355,32 +355,45 @@ async def session_dependency():
 DRIFT_TEST = "async def test_that_needs_the_database(db_session):\n    pass\n"
 
 
+def make_nested_project(project: Project, adapter: str, test: str) -> None:
+    """Make `project` a pytest project of its own: its table with pytest's settings, the adapter
+    module `nested_adapter` holding `adapter`, and `test` in checks/, its guarded path."""
+    root = project.root
+    (root / "pyproject.toml").write_text(
+        NESTED_PYPROJECT.format(name=project.name, repo=REPO_ROOT.as_posix())
+    )
+    (root / "nested_adapter.py").write_text(adapter)
+    (root / "conftest.py").write_text(f"pytest_plugins = [{plugin.__name__!r}]\n")
+    (root / "checks").mkdir()
+    (root / "checks" / "test_it.py").write_text(test)
+
+
+async def run_nested_project(
+    harness_config: HarnessConfig, project: Project, run_id: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`pytest checks` in the project made by make_nested_project, on this run's server."""
+    child_env = clean_environment(harness_config.project, project)
+    child_env |= service_environment(harness_config, with_s3=False)
+    child_env |= {project.run_id_variable: run_id, **env}
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "pytest", "checks"],
+        cwd=project.root,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=NESTED_TIMEOUT_S,
+    )
+
+
 async def test_a_run_whose_models_drift_stops_before_its_tests_with_the_drift_message(
     harness_config: HarnessConfig, admin: AsyncEngine, run_names: RunNames, tmp_path: Path
 ) -> None:
-    root = tmp_path / "drift"
-    project = write_migrations_project(root, unique_name("tmpldrift"))
-    (root / "pyproject.toml").write_text(
-        DRIFT_PYPROJECT.format(name=project.name, repo=REPO_ROOT.as_posix())
-    )
-    (root / "drift_adapter.py").write_text(DRIFT_ADAPTER)
-    (root / "conftest.py").write_text(f"pytest_plugins = [{plugin.__name__!r}]\n")
-    (root / "checks").mkdir()
-    (root / "checks" / "test_drift.py").write_text(DRIFT_TEST)
+    project = write_migrations_project(tmp_path / "drift", unique_name("tmpldrift"))
+    make_nested_project(project, DRIFT_ADAPTER, DRIFT_TEST)
     child_run = names_for(run_names, "drift").run_id
-    env = clean_environment(harness_config.project, project)
-    env |= service_environment(harness_config, with_s3=False)
-    env[project.run_id_variable] = child_run
     try:
-        result = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "pytest", "checks"],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=NESTED_TIMEOUT_S,
-        )
+        result = await run_nested_project(harness_config, project, child_run)
         left = await databases_of(admin, project)
     finally:
         await drop_databases_starting(admin, template_prefix(project))
@@ -621,3 +634,204 @@ def test_the_launcher_keeps_a_new_template_in_its_cache_and_the_next_run_builds_
     assert third_before == [built]
     assert rebuilt != built
     assert (cached_cluster(cache_dir) / TEMPLATES_FILE).read_text().split() == [rebuilt]
+
+
+# A migration that reads a file outside its own folder (whose files the fingerprint covers):
+# app/sql/seed.sql, whose content only template_inputs can bring into the fingerprint.
+READS_SQL = """revision = "0002"
+down_revision = "0001"
+
+from pathlib import Path
+
+from alembic import op
+
+SEED = Path(__file__).resolve().parents[2] / "app" / "sql" / "seed.sql"
+
+
+def upgrade():
+    op.execute(SEED.read_text())
+"""
+SEED_SQL = "INSERT INTO notes (title, body) VALUES ('seed', '{}')"
+SEED_QUERY = text("SELECT body FROM notes WHERE title = 'seed'")
+
+
+def write_seed(root: Path, body: str) -> None:
+    seed = root / "app" / "sql" / "seed.sql"
+    seed.parent.mkdir(parents=True, exist_ok=True)
+    seed.write_text(SEED_SQL.format(body))
+
+
+@pytest_asyncio.fixture
+async def reading_project(tmp_path: Path, admin: AsyncEngine) -> AsyncIterator[Project]:
+    """A private project whose migration 0002 runs app/sql/seed.sql (seeding body 'v1'), which
+    its template_inputs names; its databases are dropped after."""
+    root = tmp_path / "reads"
+    write_seed(root, "v1")
+    project = write_migrations_project(
+        root, unique_name("tmplreads"), template_inputs=["app/sql/*.sql"]
+    )
+    (root / "migrations" / "versions" / "0002_seed.py").write_text(READS_SQL)
+    try:
+        yield project
+    finally:
+        await drop_databases_starting(admin, template_prefix(project))
+
+
+async def seed_in_a_clone(database_url: str, run_names: RunNames, template: str) -> str:
+    async with clone_of(database_url, run_names, template) as run, run.connect() as conn:
+        return str(await conn.scalar(SEED_QUERY))
+
+
+async def test_a_changed_sql_file_named_in_template_inputs_gives_a_rebuilt_template(
+    reading_project: Project, admin: AsyncEngine, database_url: str, run_names: RunNames
+) -> None:
+    first = await ensure_template(database_url, reading_project, METADATA)
+    seeded = await seed_in_a_clone(database_url, run_names, first)
+    write_seed(reading_project.root, "v2")  # no migration, no model changed: only the file
+
+    second = await ensure_template(database_url, reading_project, METADATA)
+
+    assert seeded == "v1"
+    assert second != first
+    assert await seed_in_a_clone(database_url, run_names, second) == "v2"
+    assert second in await databases_of(admin, reading_project)
+
+
+async def test_dropping_a_projects_templates_waits_for_a_clone_and_spares_all_else(
+    project: Project, admin: AsyncEngine, database_url: str, tmp_path: Path
+) -> None:
+    prefix = template_prefix(project)
+    other = write_migrations_project(tmp_path / "other", f"{project.name}_x")  # shares our prefix
+    ours = [f"{prefix}{day:016d}" for day in range(1, 4)]
+    half_built = f"{prefix}{'h' * 16}"
+    untouchable = {
+        f"{template_prefix(other)}{'o' * 16}": stamp_of(other, "2000-01-01T00:00:00Z"),
+        f"{prefix}{'u' * 16}": None,  # unstamped
+        f"{prefix}{'j' * 16}": "not json",
+    }
+    async with autocommit(admin).connect() as conn:
+        for name in ours:
+            await create_template(conn, name, stamp_of(project, "2020-01-01T00:00:00Z"))
+        await create_template(
+            conn, half_built, stamp_of(project, "2020-01-01T00:00:00Z"), is_template=False
+        )
+        for name, comment in untouchable.items():
+            await create_template(conn, name, comment)
+    try:
+        async with autocommit(admin).connect() as clone:
+            await clone.execute(LOCK_SHARED, {"n": ours[0]})  # a run clones it right now
+            dropping = asyncio.create_task(
+                templates.drop_project_templates(database_url, project, wait_s=LOCK_WAIT_S)
+            )
+            await wait_for_a_lock_waiter(clone, ours[0])
+            cloning = await template_row(admin, ours[0])
+            await clone.execute(UNLOCK_SHARED, {"n": ours[0]})
+            dropped = await dropping
+        left = await databases_of(admin, project)
+    finally:
+        await drop_databases_starting(admin, template_prefix(other))
+
+    assert cloning is not None  # still there while the clone held it
+    assert dropped == sorted([*ours, half_built])
+    assert left == sorted(name for name in untouchable if name.startswith(prefix))
+
+
+SEED_TEST = """import os
+
+from sqlalchemy import text
+
+
+async def test_the_seed_is_what_the_sql_file_held(db_session):
+    body = await db_session.scalar(text("SELECT body FROM notes WHERE title = 'seed'"))
+    assert body == os.environ["EXPECTED_SEED"]
+"""
+SEED_ADAPTER = f"""{SAMPLE_MODELS}
+metadata = sample_models.Base.metadata
+
+
+def create_app(run):
+    raise NotImplementedError
+
+
+async def session_dependency():
+    yield
+"""
+
+
+async def test_a_run_with_test_rebuild_template_rebuilds_a_template_an_unnamed_file_left_stale(
+    harness_config: HarnessConfig, admin: AsyncEngine, run_names: RunNames, tmp_path: Path
+) -> None:
+    root = tmp_path / "unnamed"
+    write_seed(root, "v1")
+    project = write_migrations_project(root, unique_name("tmplforce"))  # no template_inputs
+    (root / "migrations" / "versions" / "0002_seed.py").write_text(READS_SQL)
+    make_nested_project(project, SEED_ADAPTER, SEED_TEST)
+    try:
+        built = await ensure_template(harness_config.database_url, project, METADATA)
+        before = await template_row(admin, built)
+        write_seed(root, "v2")
+        stale = await run_nested_project(
+            harness_config, project, names_for(run_names, "stale").run_id, EXPECTED_SEED="v1"
+        )
+        forced = await run_nested_project(
+            harness_config,
+            project,
+            names_for(run_names, "force").run_id,
+            EXPECTED_SEED="v2",
+            TEST_REBUILD_TEMPLATE="1",
+        )
+        after = await template_row(admin, built)
+        left = await databases_of(admin, project)
+    finally:
+        await drop_databases_starting(admin, template_prefix(project))
+
+    said = forced.stdout + forced.stderr
+    assert stale.returncode == pytest.ExitCode.OK, stale.stdout + stale.stderr  # the problem
+    assert forced.returncode == pytest.ExitCode.OK, said
+    assert f"TEST_REBUILD_TEMPLATE=1: dropped 1 migrated template(s) of {project.name}" in said
+    assert f": {built}; this run builds its own" in said
+    assert before is not None and after is not None
+    assert after.oid != before.oid  # the same fingerprint, built again
+    assert left == [built]
+
+
+def seed_in_a_fresh_run(
+    project: Project, run_base: Path, cache_dir: Path, *, drop_first: bool = False
+) -> tuple[list[str], str]:
+    """Start the embedded launcher's PostgreSQL (a copy of the cached cluster); with
+    `drop_first`, drop the project's templates as TEST_REBUILD_TEMPLATE does; ensure the
+    template and read the seed from a clone; stop (which saves new templates to the cache):
+    what was dropped, and the seed."""
+
+    async def on(url: str) -> tuple[list[str], str]:
+        dropped = await templates.drop_project_templates(url, project) if drop_first else []
+        name = await ensure_template(url, project, METADATA)
+        names = RunNames(project, unique_name("seed"), "main")
+        return dropped, await seed_in_a_clone(url, names, name)
+
+    with embedded_services(settings_for(project, run_base, cache_dir), report=None) as running:
+        url = resolve_database(project, running.env).url
+        assert url is not None
+        return asyncio.run(on(url))
+
+
+def test_a_template_rebuilt_under_its_own_name_replaces_it_in_the_launchers_cache(
+    tmp_path: Path, run_base: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "cached"
+    write_seed(root, "v1")
+    project = write_migrations_project(root, unique_name("tmplcache"))  # no template_inputs
+    (root / "migrations" / "versions" / "0002_seed.py").write_text(READS_SQL)
+
+    first = seed_in_a_fresh_run(project, run_base, cache_dir)
+    write_seed(root, "v2")
+    stale = seed_in_a_fresh_run(project, run_base, cache_dir)  # what the cache holds
+    forced = seed_in_a_fresh_run(project, run_base, cache_dir, drop_first=True)
+    with monkeypatch.context() as patched:
+        no_migrations(patched)
+        cold = seed_in_a_fresh_run(project, run_base, cache_dir)
+
+    cached = (cached_cluster(cache_dir) / TEMPLATES_FILE).read_text().split()
+    assert first == stale == ([], "v1")
+    assert forced == (cached, "v2")
+    assert cold == ([], "v2")  # a cold run clones the rebuilt template, building nothing

@@ -1,12 +1,13 @@
 """The template fingerprint (templates.fingerprint): one per schema source, so a run reuses a
-template exactly when its migrations, Alembic config, models and PostgreSQL major are the same."""
+template exactly when its migrations, Alembic config, the files its table's template_inputs
+names, models and PostgreSQL major are the same."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from realstack.project import Project, load_project
+from realstack.project import Project, ProjectConfigError, load_project
 from realstack.templates import fingerprint, template_prefix
 from sqlalchemy import MetaData
 
@@ -98,3 +99,59 @@ def test_another_project_with_the_same_source_has_its_own(project: Project, tmp_
     other = write_migrations_project(tmp_path / "other", "tmplother")
 
     assert fp(other) != fp(project)
+
+
+def project_reading(root: Path, files: dict[str, str], patterns: list[str]) -> Project:
+    """A project whose migrations read `files` (path under the root: content), which its
+    template_inputs name with `patterns`."""
+    for relative, content in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(content)
+    return write_migrations_project(root, "tmplcheck", template_inputs=patterns)
+
+
+SEEDS = {"app/sql/a.sql": "INSERT INTO notes VALUES (1);", "app/sql/b.sql": "SELECT 2;"}
+
+
+def test_it_changes_when_a_file_named_in_template_inputs_changes_or_joins(tmp_path: Path) -> None:
+    project = project_reading(tmp_path, SEEDS, ["app/sql/*.sql"])
+    before = fp(project)
+    (tmp_path / "app" / "sql" / "a.sql").write_text("INSERT INTO notes VALUES (2);")
+    edited = fp(project)
+    (tmp_path / "app" / "sql" / "c.sql").write_text("SELECT 3;")  # the pattern matches it too
+    joined = fp(project)
+    (tmp_path / "app" / "unnamed.txt").write_text("read by nothing")
+    cache = tmp_path / "app" / "sql" / "__pycache__"
+    cache.mkdir()
+    (cache / "x.cpython-311.pyc").write_bytes(b"\x00bytecode")
+
+    assert len({before, edited, joined}) == 3
+    assert fp(project) == joined
+
+
+def test_the_inputs_count_by_path_and_content_in_any_pattern_order(tmp_path: Path) -> None:
+    listed = project_reading(tmp_path / "listed", SEEDS, ["app/sql/b.sql", "app/sql/a.sql"])
+    globbed = project_reading(tmp_path / "globbed", SEEDS, ["app/sql/*.sql"])
+    overlapping = project_reading(tmp_path / "both", SEEDS, ["app/**/*.sql", "app/sql/a.sql"])
+    renamed = {"app/sql/a2.sql": SEEDS["app/sql/a.sql"], "app/sql/b.sql": SEEDS["app/sql/b.sql"]}
+    moved = project_reading(tmp_path / "moved", renamed, ["app/sql/*.sql"])
+
+    assert fp(listed) == fp(globbed) == fp(overlapping)
+    assert fp(moved) != fp(globbed)
+    assert fp(globbed) != fp(write_migrations_project(tmp_path / "none", "tmplcheck"))
+
+
+def test_a_named_input_that_is_gone_is_refused_naming_the_pattern_and_the_fix(
+    tmp_path: Path,
+) -> None:
+    files = SEEDS | {"app/constants.py": "GREETING = 'hello'\n"}
+    project = project_reading(tmp_path, files, ["app/sql/*.sql", "app/constants.py"])
+    (tmp_path / "app" / "constants.py").unlink()
+
+    with pytest.raises(ProjectConfigError) as refused:
+        fp(project)
+
+    message = str(refused.value)
+    assert "template_inputs: 'app/constants.py' matches no file under" in message
+    assert str(tmp_path) in message
+    assert "correct it, or remove it" in message

@@ -163,8 +163,9 @@ async def bootstrap_roles(socket_dir: Path, port: int, creds: Credentials) -> No
         await conn.close()
 
 
-async def migrated_templates(socket_dir: Path, port: int) -> set[str]:
-    """The migrated templates this server holds (over its private Unix socket)."""
+async def migrated_templates(socket_dir: Path, port: int) -> dict[str, str]:
+    """The migrated templates this server holds (over its private Unix socket), each with its
+    OID as text: the name of its directory under base/ (see database_dirs)."""
     import asyncpg
 
     conn = await asyncpg.connect(
@@ -172,10 +173,10 @@ async def migrated_templates(socket_dir: Path, port: int) -> set[str]:
     )
     try:
         rows = await conn.fetch(
-            "SELECT datname FROM pg_database WHERE datistemplate AND datname LIKE $1",
+            "SELECT datname, oid::text FROM pg_database WHERE datistemplate AND datname LIKE $1",
             MIGRATED_TEMPLATES,
         )
-        return {row[0] for row in rows}
+        return {row[0]: row[1] for row in rows}
     finally:
         await conn.close()
 

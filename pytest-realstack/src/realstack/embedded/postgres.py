@@ -182,9 +182,10 @@ class PostgresServer:
                 save_cluster(self.datadir, self.cluster, self.run.run_as, held)
 
     def _new_migrated_templates(self) -> tuple[set[str], set[str]]:
-        """Templates this run built that the cached cluster lacks, and all the server holds
-        (not one a sweep dropped): ({}, {}) on any doubt. The run's other databases are
-        dropped first, so the cache holds only templates."""
+        """Templates this run built that the cached cluster lacks, or built again under the
+        same name (TEST_REBUILD_TEMPLATE: a new OID), and all the server holds (not one a sweep
+        dropped): ({}, {}) on any doubt. The run's other databases are dropped first, so the
+        cache holds only templates."""
         if self.cluster is None or self.proc is None or self.proc.poll() is not None:
             return set(), set()
         copied, now = self._copied_databases, database_dirs(self.datadir)
@@ -197,12 +198,17 @@ class PostgresServer:
         socket_dir = self.run.path
         try:
             present = _run(migrated_templates(socket_dir, self.port))
-            if present - self.cached:
-                keep = present | {self.creds.pg_database}
+            new = {
+                name
+                for name, oid in present.items()
+                if name not in self.cached or (copied is not None and oid not in copied)
+            }
+            if new:
+                keep = {*present, self.creds.pg_database}
                 _run(drop_other_databases(socket_dir, self.port, keep))
         except (OSError, asyncpg.PostgresError, TimeoutError):
             return set(), set()
-        return present - self.cached, present
+        return new, set(present)
 
     def ready_line(self) -> str:
         version = self.binaries.version if self.binaries else "?"

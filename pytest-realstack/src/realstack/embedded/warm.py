@@ -21,7 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -129,7 +129,9 @@ def _endpoints(project: Project) -> list[tuple[str, str]]:
     return [(kind.host.name, kind.port.name) for kind in kinds_of(project)]
 
 
-def load_warm_services(settings: EmbeddedSettings) -> dict[str, str] | None:
+def load_warm_services(
+    settings: EmbeddedSettings, tell: Callable[[str], None] | None = None
+) -> dict[str, str] | None:
     """The service variables of live warm services; None without a services file.
 
     Raises StaleServicesError when the file names services that no longer run. Changes
@@ -144,9 +146,9 @@ def load_warm_services(settings: EmbeddedSettings) -> dict[str, str] | None:
     if alive and found.supervisor is not None:
         resumed = resume_left_paused(settings.run_base, found.supervisor[0])
         if resumed:
-            sys.stderr.write(
+            (tell or _to_stderr)(
                 f"harness: resumed the warm server(s) {', '.join(resumed)}: a run that was "
-                "killed while server_faults paused them left them stopped (SIGSTOP)\n"
+                "killed while server_faults paused them left them stopped (SIGSTOP)"
             )
     for host_key, port_key in _endpoints(settings.project):
         if not _port_answers(values.get(host_key, "127.0.0.1"), values.get(port_key, "")):
@@ -174,6 +176,10 @@ def warm_hint(settings: EmbeddedSettings, postgres_port: int | None) -> str:
         f"`{settings.warm_down_command}` stops the warm services and removes the file (runs "
         f"then start their own), `{settings.warm_up_command}` afterwards starts fresh ones"
     )
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def resume_left_paused(run_base: Path, supervisor: int) -> list[str]:
