@@ -68,9 +68,12 @@ def test_a_start_time_in_clock_ticks_written_before_psutil_only_checks_the_pid()
 
 
 def test_the_command_line_is_the_processs_argv() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    code = "import time; print('up', flush=True); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        assert cmdline(child.pid)[1:] == ["-c", "import time; time.sleep(30)"]
+        assert child.stdout is not None
+        assert child.stdout.readline() == "up\n"  # exec'd: no longer the forked parent's copy
+        assert cmdline(child.pid)[1:] == ["-c", code]
     finally:
         child.kill()
         child.wait()
