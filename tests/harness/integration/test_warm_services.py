@@ -480,3 +480,35 @@ def test_services_down_during_a_run_ends_it_with_one_summary_line(
         assert "Traceback" not in output and "INTERNALERROR" not in output, output
     finally:
         _cli(project, env, "down")
+
+
+def test_a_pytest_run_resumes_a_warm_server_left_paused_and_says_so_past_the_capture(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    root = build_project(tmp_path / "notes", copy_core=False)
+    project = load_project(root / "pyproject.toml")
+    env = cli_env(run_base, cache_dir)
+    try:
+        assert _cli(project, env, "up").returncode == 0
+        (supervisor,) = _supervisors(settings_for(project, run_base, cache_dir))
+        leader = _warm_postgres(
+            Warm(project, settings_for(project, run_base, cache_dir), env, supervisor)
+        )
+        pause_tree(leader)  # as a run SIGKILLed inside server_faults.paused() leaves it
+
+        ran = subprocess.run(
+            [sys.executable, "-m", "pytest", "tests/integration"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        output = ran.stdout + ran.stderr
+
+        assert ran.returncode == 0, output
+        assert output.count(f"harness: resumed the warm server(s) postgres (pid {leader})") == 1
+        assert not is_stopped(leader)
+    finally:
+        _cli(project, env, "down")
