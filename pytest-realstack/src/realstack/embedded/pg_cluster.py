@@ -213,14 +213,6 @@ def read_templates(cluster: Path) -> set[str]:
     return set(names)
 
 
-def cached_templates(cluster: Path) -> set[str]:
-    """read_templates, with a list the harness did not write read as naming none."""
-    try:
-        return read_templates(cluster)
-    except UnusableClusterError:
-        return set()
-
-
 # /proc/self/fd/N names the directory N is open on, even after it was renamed or replaced.
 _PROC_FDS = Path("/proc/self/fd")
 
