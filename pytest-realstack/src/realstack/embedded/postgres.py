@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from ..config import EmbeddedSettings
-from ..contract import TEST_HARNESS_RUN_BASE
+from ..contract import TEST_HARNESS_RUN_BASE, TEST_SERVICES_TIMEOUT
 from ..process import free_port
 from ..project import Credentials
 from .pg_cluster import (
@@ -234,7 +234,17 @@ class PostgresServer:
         log = self.run.path / "initdb.log"
         argv = [str(binaries.tool("initdb")), "-D", str(datadir), *INITDB_ARGS]
         proc = spawn(argv, log_path=log, cwd=self.run.path, run_as=self.run.run_as)
-        if proc.wait() != 0:
+        timeout_s = self.settings.timeout_s
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise ServiceStartError(
+                f"postgres: initdb did not finish within {timeout_s:g} s.\n{log_tail([log])}\n"
+                f"fix: if the machine is just slow, raise {TEST_SERVICES_TIMEOUT.name} (seconds)"
+            ) from None
+        if proc.returncode != 0:
             raise ServiceStartError(
                 f"postgres: initdb of {datadir} failed with code {proc.returncode}.\n"
                 f"{log_tail([log])}"
