@@ -524,6 +524,23 @@ def test_building_the_cached_cluster_honours_the_timeout(
     assert_nothing_left(run_base, [])
 
 
+def test_an_initdb_that_hangs_honours_the_timeout(
+    pg_settings: EmbeddedSettings, run_base: Path, fake_postgres: Callable[..., Path]
+) -> None:
+    bindir = fake_postgres("exit 1\n")
+    (bindir / "initdb").write_text(
+        '#!/bin/sh\n[ "$1" = --version ] && exit 0\necho "FAKE: initdb stuck" >&2\nexec sleep 60\n'
+    )
+    settings = dataclasses.replace(pg_settings, pg_bindir=bindir, timeout_s=1.5)
+
+    message, seconds = start_failure(settings, use_cached_cluster=False)
+
+    assert seconds < 5
+    assert "postgres: initdb did not finish within 1.5 s" in message
+    assert "FAKE: initdb stuck" in message and "TEST_SERVICES_TIMEOUT" in message
+    assert_nothing_left(run_base, [])
+
+
 def test_a_postgres_version_check_that_hangs_honours_the_timeout(
     pg_settings: EmbeddedSettings, run_base: Path, fake_postgres: Callable[..., Path]
 ) -> None:

@@ -20,7 +20,7 @@ from ..config import EmbeddedSettings, service_variables
 from ..process import free_port
 from .pg_cluster import release_shared_memory
 from .postgres import PostgresServer, psql_path
-from .procs import PortTakenError, ServiceStartError, server_user, signals_blocked
+from .procs import PortTakenError, ServiceStartError, StartAgain, server_user, signals_blocked
 from .rundir import RunDir
 from .s3 import SeaweedServer
 
@@ -51,7 +51,8 @@ def launch(
     check: Callable[[], None] | None = None,
 ) -> None:
     """Spawn every server from this (main) thread, then wait for all of them concurrently,
-    respawning one on new ports when its port was taken. One deadline covers it all.
+    respawning one on new ports when its port was taken, or prepared anew, once, when it asks
+    to (StartAgain). One deadline covers it all.
 
     The caller stops the servers if this raises.
     """
@@ -61,6 +62,7 @@ def launch(
     deadline = time.monotonic() + timeout_s
     cancel = threading.Event()
     attempts = dict.fromkeys((s.name for s in servers), 1)
+    started_again: set[str] = set()
     with ThreadPoolExecutor(max(1, len(servers)), thread_name_prefix="readiness") as pool:
         try:
             pending: dict[Future[None], Server] = {}
@@ -88,6 +90,14 @@ def launch(
                             ) from None
                         attempts[server.name] += 1
                         server.respawn()  # on the main thread, for PR_SET_PDEATHSIG
+                        future = pool.submit(server.wait_ready, deadline, timeout_s, cancel)
+                        pending[future] = server
+                        continue
+                    except StartAgain as again:
+                        if server.name in started_again:
+                            raise again.failure from None
+                        started_again.add(server.name)
+                        again.restart()  # on the main thread, for PR_SET_PDEATHSIG
                         future = pool.submit(server.wait_ready, deadline, timeout_s, cancel)
                         pending[future] = server
                         continue

@@ -1,6 +1,7 @@
 """The PostgreSQL server of a run: initdb and postgres driven directly, a cached cluster (an
 initdb'd data dir, copied) for fast starts, and readiness as a real TCP login with the test
-credentials.
+credentials. A cached cluster that fails its checks, or whose copy will not start, is discarded
+and built again in the same run, said in one line.
 
 asyncio, asyncpg and pg_binaries are imported where used: the launcher imports this module
 before it starts the wrapped command, whose start-up should not wait for them."""
@@ -8,7 +9,9 @@ before it starts the wrapped command, whose start-up should not wait for them.""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,16 +24,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from ..config import EmbeddedSettings
+from ..contract import TEST_HARNESS_RUN_BASE, TEST_SERVICES_TIMEOUT
 from ..process import free_port
 from ..project import Credentials
 from .pg_cluster import (
     INITDB_ARGS,
+    CachedCluster,
+    UnusableClusterError,
     bootstrap_roles,
-    cached_templates,
     cluster_key,
-    copy_cluster,
     database_dirs,
+    discard_cluster,
     drop_other_databases,
+    entry_identity,
+    major_version,
     migrated_templates,
     release_shared_memory,
     save_cluster,
@@ -39,6 +46,7 @@ from .pg_cluster import (
 from .procs import (
     Readiness,
     ServiceStartError,
+    StartAgain,
     log_tail,
     spawn,
     stop_process,
@@ -51,6 +59,8 @@ if TYPE_CHECKING:
 
 HOST = "127.0.0.1"
 T = TypeVar("T")
+COPY_ATTEMPTS = 3  # of the cached cluster: another run may replace the entry being copied
+_SERVER_ERROR = re.compile(r"\b(FATAL|PANIC):\s+(.*)")
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -108,6 +118,12 @@ class PostgresServer:
         self._needs_bootstrap = False
         self.datadir = run.path / "pg"
         self.cluster: Path | None = None  # the cached cluster this one was copied from
+        self._cluster_identity: tuple[int, int] | None = None  # that entry's (st_dev, st_ino)
+        # A copy of a cached cluster this run did not build, so a failure to start may be the
+        # cache's: then start again from a new one, once.
+        self._may_start_again = False
+        self._started_again = False
+        self._log_offset = 0  # where this server's lines begin in the log
         self.cached: set[str] = set()  # the migrated templates that copy already held
         self._copied_databases: set[str] | None = None  # database_dirs() of that copy
         self.log = run.path / "postgres.log"
@@ -122,11 +138,7 @@ class PostgresServer:
         self.started = time.monotonic()
         self.binaries = locate_binaries(self.settings, self.run.run_as, self.report)
         if self.use_cached_cluster:
-            cluster = self._ensure_cached_cluster(self.binaries)
-            copy_cluster(cluster / "data", self.datadir, self.run.run_as)
-            self.cluster, self.cached = cluster, cached_templates(cluster)
-            self._copied_databases = database_dirs(self.datadir)
-            self.origin = "cached cluster"
+            self._copy_cached_cluster(self.binaries)
         else:
             self._initdb(self.binaries, self.datadir)
             self._needs_bootstrap = True
@@ -139,13 +151,23 @@ class PostgresServer:
             str(self.binaries.tool("postgres")),
             *server_args(self.datadir, self.port, HOST, self.run.path),
         ]
+        with contextlib.suppress(OSError):
+            self._log_offset = self.log.stat().st_size
         self.proc = spawn(argv, log_path=self.log, cwd=self.run.path, run_as=self.run.run_as)
         self.run.add_child(self.proc, "postgres")
 
     def wait_ready(self, deadline: float, timeout_s: float, cancel: threading.Event) -> None:
         assert self.proc is not None, "spawn() first"
         ready = Readiness(self.name, self.address, self.proc, [self.log], deadline, timeout_s)
-        wait_until_ready(ready, self.ready_probe or self._probe, cancel)
+        try:
+            wait_until_ready(ready, self.ready_probe or self._probe, cancel)
+        except ServiceStartError as failure:
+            # Exited before it was ready: a cached cluster that passed the cheap checks may
+            # still be damaged. Not a server still starting at the deadline: that is slowness.
+            if not self._may_start_again or self.proc.poll() is None:
+                raise
+            reason = self._exit_reason()
+            raise StartAgain(failure, lambda: self._start_from_a_new_cluster(reason)) from None
         self.elapsed = time.monotonic() - self.started
 
     def _probe(self) -> None:
@@ -218,33 +240,135 @@ class PostgresServer:
         log = self.run.path / "initdb.log"
         argv = [str(binaries.tool("initdb")), "-D", str(datadir), *INITDB_ARGS]
         proc = spawn(argv, log_path=log, cwd=self.run.path, run_as=self.run.run_as)
-        if proc.wait() != 0:
+        timeout_s = self.settings.timeout_s
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise ServiceStartError(
+                f"postgres: initdb did not finish within {timeout_s:g} s.\n{log_tail([log])}\n"
+                f"fix: if the machine is just slow, raise {TEST_SERVICES_TIMEOUT.name} (seconds)"
+            ) from None
+        if proc.returncode != 0:
             raise ServiceStartError(
                 f"postgres: initdb of {datadir} failed with code {proc.returncode}.\n"
                 f"{log_tail([log])}"
             )
 
-    def _ensure_cached_cluster(self, binaries: PgBinaries) -> Path:
-        """An initdb'd cluster with the test user and database, built once per
-        version and credentials, then copied: ~65 ms instead of ~300 ms for initdb."""
+    def _copy_cached_cluster(self, binaries: PgBinaries) -> None:
+        """Copy the cached cluster into the run's data dir, built first when there is none;
+        one that is unusable (CachedCluster.check, or a failed copy) is discarded, said in one
+        line, and built again."""
         from .pg_binaries import ensure_cache_dir
 
         cache = ensure_cache_dir(self.settings.cache_dir)
-        final = cache / f"pg-cluster-{cluster_key(binaries.version_line, self.creds)}"
-        if (final / "data").is_dir():
-            return final
-        build = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
+        path = cache / f"pg-cluster-{cluster_key(binaries.version_line, self.creds)}"
+        major = major_version(binaries.version)
+        built = False
+        for _ in range(COPY_ATTEMPTS):
+            if not os.path.lexists(path):
+                self._build_cluster(binaries, path)
+                built = True
+            try:
+                with CachedCluster(path) as entry:
+                    identity = entry.identity
+                    templates = entry.check(major)
+                    self._copy_entry(entry)
+            except FileNotFoundError:
+                continue  # another run discarded it since: build one
+            except UnusableClusterError as unusable:
+                shutil.rmtree(self.datadir, ignore_errors=True)
+                if built and entry_identity(path) == identity:
+                    # Not the old cache's fault, and a new build would fail the same way.
+                    raise ServiceStartError(
+                        f"postgres: the cluster this run just built in {path} is unusable "
+                        f"({unusable})"
+                    ) from None
+                self._discard(path, identity, str(unusable))
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # a file, or a symlink
+                    reason = "it is not a directory"
+                else:
+                    reason = f"it cannot be opened ({exc.strerror})"
+                self._discard(path, entry_identity(path), reason)
+                continue
+            self.cluster, self._cluster_identity, self.cached = path, identity, templates
+            self._copied_databases = database_dirs(self.datadir)
+            self.origin = "initdb" if built else "cached cluster"
+            self._may_start_again = not built and not self._started_again
+            return
+        raise ServiceStartError(
+            f"postgres: no usable copy of the cached cluster {path} in {COPY_ATTEMPTS} attempts "
+            f"(other runs replacing it, or it cannot be removed); fix: rm -rf {path}, then run "
+            "again"
+        )
+
+    def _copy_entry(self, entry: CachedCluster) -> None:
+        try:
+            entry.copy_data(self.datadir, self.run.run_as)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the run base's fault, not the cache's
+                raise ServiceStartError(
+                    f"postgres: no room to copy the cached cluster into {self.settings.run_base} "
+                    f"({exc.strerror}); fix: free space there, or set {TEST_HARNESS_RUN_BASE.name} "
+                    "to a directory with room"
+                ) from None
+            raise UnusableClusterError(f"copying it failed ({exc.strerror or exc})") from None
+
+    def _discard(self, path: Path, identity: tuple[int, int] | None, reason: str) -> None:
+        """Discard the cache entry (only if it is still the one seen) and say so in one line."""
+        if discard_cluster(path, identity) and self.report:
+            print(
+                f"postgres: the cached cluster {path} was unusable ({reason}); discarded it, "
+                "running initdb",
+                file=self.report,
+                flush=True,
+            )
+
+    def _start_from_a_new_cluster(self, reason: str) -> None:
+        """After the server copied from the cached cluster exited before it was ready (main
+        thread): discard that entry, copy a new one, and start again."""
+        assert self.binaries is not None and self.cluster is not None, "spawn() first"
+        self._started_again = True
+        release_shared_memory(self.datadir)
+        self._discard(self.cluster, self._cluster_identity, reason)
+        shutil.rmtree(self.datadir, ignore_errors=True)
+        self._copy_cached_cluster(self.binaries)
+        self.spawn()
+
+    def _exit_reason(self) -> str:
+        """Why the server exited, on one line: its first FATAL or PANIC message, naming the
+        cached cluster rather than the run's copy of it (the run dir does not outlive the run).
+        """
+        assert self.proc is not None and self.cluster is not None, "spawn() first"
+        try:
+            with open(self.log, "rb") as log:
+                log.seek(self._log_offset)
+                text = log.read(64 * 1024).decode(errors="replace")
+        except OSError:
+            text = ""
+        found = next(filter(None, map(_SERVER_ERROR.search, text.splitlines())), None)
+        said = f": {found.group(1)}: {found.group(2).strip()}" if found else ""
+        said = said.replace(str(self.datadir), str(self.cluster / "data"))[:240]
+        return f"a server started from a copy of it exited with code {self.proc.returncode}{said}"
+
+    def _build_cluster(self, binaries: PgBinaries, final: Path) -> None:
+        """An initdb'd cluster with the test user and database, built once per version and
+        credentials, then copied: ~65 ms instead of ~300 ms for initdb."""
+        build = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
         try:
             if self.run.run_as:
                 os.chown(build, self.run.run_as.uid, self.run.run_as.gid)
             self._initdb(binaries, build / "data")
             self._bootstrap_cluster(binaries, build / "data")
-            # Atomic: a concurrent run either sees no cached cluster or a complete one.
+            # Atomic: a concurrent run either sees no cached cluster or a complete one. When
+            # another run's build landed first, this one's is dropped and theirs copied.
             with contextlib.suppress(OSError):
                 os.rename(build, final)
         finally:
             shutil.rmtree(build, ignore_errors=True)
-        return final
 
     def _bootstrap_cluster(self, binaries: PgBinaries, datadir: Path) -> None:
         # No TCP listener: the port only names the Unix socket in the private run dir.

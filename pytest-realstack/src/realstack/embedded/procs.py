@@ -43,6 +43,16 @@ class CancelledError(RuntimeError):
     """Another service failed, so this one stopped waiting."""
 
 
+class StartAgain(RuntimeError):
+    """A server failed as prepared but may start when prepared another way: launch() calls
+    `restart` on the main thread (spawn needs it), then waits for the server once more."""
+
+    def __init__(self, failure: ServiceStartError, restart: Callable[[], None]) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+        self.restart = restart
+
+
 @dataclass(frozen=True)
 class RunAs:
     """The unprivileged user servers run as when the harness runs as root."""
