@@ -302,3 +302,41 @@ def test_a_server_that_fails_from_a_new_cluster_too_ends_the_start_after_one_reb
     assert said.getvalue().splitlines() == [discarded_line(entry, reason)]
     assert "postgres exited with code 1 before it was ready" in str(failure.value)
     assert cached_entry(cache) == entry  # the rebuilt one stays: it was not the cache's fault
+
+
+# The launcher's command line with every sendfile (the cluster copy's) failing as on a full
+# disk: ENOSPC at the first file, as a run base on a full tmpfs gives it.
+FULL_DISK = """
+import errno, os, runpy, sys
+
+def full(*args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+os.sendfile = full
+sys.argv = ["realstack.embedded", *sys.argv[1:]]
+runpy.run_module("realstack.embedded", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_full_disk_gives_one_short_line_and_keeps_the_cache(
+    project: Project, run_base: Path, cache: Path
+) -> None:
+    entry = cached_entry(cache)
+
+    runner = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, "run", "--", sys.executable, "-c", "pass"],
+        cwd=project.root,
+        env=cli_env(run_base, cache),
+        capture_output=True,
+        text=True,
+        timeout=2 * DEADLINE_S,
+        check=False,
+    )
+
+    assert runner.returncode == 3, runner.stderr
+    assert runner.stderr.splitlines() == [
+        f"embedded services: postgres: no room to copy the cached cluster into {run_base} "
+        "(No space left on device); fix: free space there, or set TEST_HARNESS_RUN_BASE to a "
+        "directory with room"
+    ]
+    assert cached_entry(cache) == entry  # the run base's fault, not the cache's: kept
