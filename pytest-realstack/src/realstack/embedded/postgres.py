@@ -28,7 +28,6 @@ from ..contract import TEST_HARNESS_RUN_BASE, TEST_SERVICES_TIMEOUT
 from ..process import free_port
 from ..project import Credentials
 from .pg_cluster import (
-    INITDB_ARGS,
     CachedCluster,
     UnusableClusterError,
     bootstrap_roles,
@@ -37,6 +36,7 @@ from .pg_cluster import (
     discard_cluster,
     drop_other_databases,
     entry_identity,
+    initdb_args,
     major_version,
     migrated_templates,
     release_shared_memory,
@@ -238,13 +238,15 @@ class PostgresServer:
 
     def _initdb(self, binaries: PgBinaries, datadir: Path) -> None:
         log = self.run.path / "initdb.log"
-        argv = [str(binaries.tool("initdb")), "-D", str(datadir), *INITDB_ARGS]
+        argv = [str(binaries.tool("initdb")), "-D", str(datadir), *initdb_args(binaries.version)]
         proc = spawn(argv, log_path=log, cwd=self.run.path, run_as=self.run.run_as)
         timeout_s = self.settings.timeout_s
         try:
             proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            # Its whole session: the postgres it runs for bootstrap goes with it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise ServiceStartError(
                 f"postgres: initdb did not finish within {timeout_s:g} s.\n{log_tail([log])}\n"
