@@ -301,12 +301,37 @@ class Warm:
 
 
 def _warm_up(tmp_path: Path, run_base: Path, cache_dir: Path) -> Warm:
-    project = write_project(tmp_path / "sample", ("postgres",))
+    return _up(write_project(tmp_path / "sample", ("postgres",)), run_base, cache_dir)
+
+
+def _up(project: Project, run_base: Path, cache_dir: Path) -> Warm:
     settings = settings_for(project, run_base, cache_dir)
     env = cli_env(run_base, cache_dir)
     assert _cli(project, env, "up").returncode == 0
     (supervisor,) = _supervisors(settings)
     return Warm(project, settings, env, supervisor)
+
+
+def _warm_notes(tmp_path: Path, run_base: Path, cache_dir: Path, tests: str = "") -> Warm:
+    """The notes project (its own tests, or `tests`) with its warm services up."""
+    root = build_project(tmp_path / "notes", copy_core=False)
+    if tests:
+        (root / "tests" / "integration" / "test_notes.py").write_text(tests)
+    return _up(load_project(root / "pyproject.toml"), run_base, cache_dir)
+
+
+def _pytest(warm: Warm) -> tuple[int, str]:
+    """`pytest tests/integration` in the project, on its warm services: exit code, output."""
+    ran = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:randomly", "tests/integration"],
+        cwd=warm.project.root,
+        env=warm.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return ran.returncode, ran.stdout + ran.stderr
 
 
 def test_a_stopping_supervisor_leaves_a_services_file_that_names_another(
@@ -456,59 +481,31 @@ async def test_2_after_it(db_session, n):
 def test_services_down_during_a_run_ends_it_with_one_summary_line(
     tmp_path: Path, run_base: Path, cache_dir: Path
 ) -> None:
-    root = build_project(tmp_path / "notes", copy_core=False)
-    (root / "tests" / "integration" / "test_notes.py").write_text(DOWN_MID_RUN)
-    project = load_project(root / "pyproject.toml")
-    env = cli_env(run_base, cache_dir)
+    warm = _warm_notes(tmp_path, run_base, cache_dir, DOWN_MID_RUN)
     try:
-        assert _cli(project, env, "up").returncode == 0
+        code, output = _pytest(warm)
 
-        ran = subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "no:randomly", "tests/integration"],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        output = ran.stdout + ran.stderr
-
-        assert ran.returncode == 2, output  # interrupted: not a crash, not a hang
+        assert code == 2, output  # interrupted: not a crash, not a hang
         assert output.count("stopped answering during the run") == 1, output
         assert "test_2_after_it" not in output, output  # not 20 more failures
         assert "Traceback" not in output and "INTERNALERROR" not in output, output
     finally:
-        _cli(project, env, "down")
+        _cli(warm.project, warm.env, "down")
 
 
 def test_a_pytest_run_resumes_a_warm_server_left_paused_and_says_so_past_the_capture(
     tmp_path: Path, run_base: Path, cache_dir: Path
 ) -> None:
-    root = build_project(tmp_path / "notes", copy_core=False)
-    project = load_project(root / "pyproject.toml")
-    env = cli_env(run_base, cache_dir)
+    warm = _warm_notes(tmp_path, run_base, cache_dir)
+    leader = _warm_postgres(warm)
     try:
-        assert _cli(project, env, "up").returncode == 0
-        (supervisor,) = _supervisors(settings_for(project, run_base, cache_dir))
-        leader = _warm_postgres(
-            Warm(project, settings_for(project, run_base, cache_dir), env, supervisor)
-        )
         pause_tree(leader)  # as a run SIGKILLed inside server_faults.paused() leaves it
 
-        ran = subprocess.run(
-            [sys.executable, "-m", "pytest", "tests/integration"],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        output = ran.stdout + ran.stderr
+        code, output = _pytest(warm)
 
-        assert ran.returncode == 0, output
+        assert code == 0, output
         assert output.count(f"harness: resumed the warm server(s) postgres (pid {leader})") == 1
         assert not is_stopped(leader)
     finally:
-        _cli(project, env, "down")
+        resume_tree(leader)
+        _cli(warm.project, warm.env, "down")
