@@ -410,10 +410,15 @@ async def patch_document(
         document.tags = await ensure_tags(session, changes.tags)
     document.version += 1
     document.updated_at = func.clock_timestamp()
-    await session.commit()
+    await session.flush()
+    # Everything the answer needs is read here, while the row is still locked: a DELETE may
+    # remove it the moment the commit releases the lock, and a write that committed must not
+    # answer 500 for a read after it.
     await session.refresh(document, attribute_names=["updated_at"])
-    response.headers["ETag"] = _version_etag(document)
-    return DocumentOut.from_model(document)
+    answer, etag = DocumentOut.from_model(document), _version_etag(document)
+    await session.commit()
+    response.headers["ETag"] = etag
+    return answer
 
 
 @router.delete(

@@ -7,9 +7,12 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import delete, event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
+from sqlalchemy.util import await_only
 
-from api.models import PendingObjectDeletion
+from api.models import Document, PendingObjectDeletion, document_tags
 from tests.helpers import count_rows, create_document, object_keys
 
 if TYPE_CHECKING:
@@ -171,3 +174,41 @@ async def test_delete_without_a_token_gets_401(
 
 async def test_delete_of_an_unknown_document_gets_404(authed_client: httpx.AsyncClient) -> None:
     assert (await authed_client.delete(f"/documents/{uuid.uuid4()}")).status_code == 404
+
+
+@pytest.mark.real_commits
+async def test_a_delete_landing_right_after_a_patch_commits_never_turns_it_into_a_500(
+    authed_client: httpx.AsyncClient, engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    created = await create_document(authed_client)
+    document_id = uuid.UUID(created["id"])
+
+    async def delete_the_row() -> None:  # what a racing DELETE commits, on a connection of its own
+        async with engine.begin() as conn:
+            await conn.execute(
+                delete(document_tags).where(document_tags.c.document_id == document_id)
+            )
+            await conn.execute(delete(Document).where(Document.id == document_id))
+
+    raced: list[Session] = []
+
+    def right_after_the_commit(session: Session) -> None:
+        if not raced:  # the PATCH's commit; then nothing more
+            raced.append(session)
+            await_only(delete_the_row())  # between the commit and whatever follows it
+
+    event.listen(Session, "after_commit", right_after_the_commit)
+    try:
+        response = await authed_client.patch(
+            f"/documents/{created['id']}", json={"filename": "raced.txt"}, headers={"If-Match": "1"}
+        )
+    finally:
+        event.remove(Session, "after_commit", right_after_the_commit)
+
+    assert raced  # the DELETE did land right after the PATCH's commit
+
+    assert response.status_code == 200, response.text  # the write committed: it says so
+    assert response.json()["filename"] == "raced.txt"
+    assert response.json()["version"] == 2
+    assert (await authed_client.get(f"/documents/{created['id']}")).status_code == 404
+    assert "database error" not in caplog.text
