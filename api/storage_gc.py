@@ -44,7 +44,9 @@ class SweepResult:
     deleted: int  # keys whose object is gone and whose outbox row was removed
     failed: int  # keys tried in this sweep that could not be deleted (their rows stay)
     batches: int  # batches that held at least one key
-    pending: int  # outbox rows left at the end (failed ones, and any added meanwhile)
+    # outbox rows left at the end (failed ones, and any added meanwhile), not those another
+    # sweeper is working on at that moment
+    pending: int
 
 
 async def _sweep_batch(
@@ -108,7 +110,12 @@ async def sweep(
                 break
             deleted, failed, batches = deleted + done, failed + not_done, batches + 1
             after_id = last_id
-        pending = await session.scalar(select(func.count()).select_from(PendingObjectDeletion))
+        # Rows another sweeper holds are its to delete and to report: counted here they would
+        # show as pending in both reports. SKIP LOCKED leaves them out (the count's own locks
+        # end with the rollback below).
+        unlocked = select(PendingObjectDeletion.id).with_for_update(skip_locked=True).subquery()
+        pending = await session.scalar(select(func.count()).select_from(unlocked))
+        await session.rollback()
     return SweepResult(deleted=deleted, failed=failed, batches=batches, pending=pending or 0)
 
 

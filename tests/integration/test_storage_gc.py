@@ -100,6 +100,23 @@ async def test_a_key_s3_refuses_stays_pending_with_its_error_and_the_others_go(
     assert object_keys(s3_client, storage.bucket) == []
 
 
+async def test_rows_another_sweeper_holds_are_not_reported_pending_by_this_one(
+    sessions: async_sessionmaker[AsyncSession], storage: Storage, s3_client: S3Client
+) -> None:
+    put(s3_client, storage.bucket, "documents/mine", "documents/theirs")
+    await pend(sessions, "documents/mine", "documents/theirs")
+    async with sessions() as other:  # the other sweeper, in the middle of its batch
+        theirs = select(PendingObjectDeletion).where(
+            PendingObjectDeletion.storage_key == "documents/theirs"
+        )
+        await other.scalar(theirs.with_for_update(skip_locked=True))
+
+        result = await sweep(sessions, storage)
+
+    assert result == SweepResult(deleted=1, failed=0, batches=1, pending=0)
+    assert [row.storage_key for row in await outbox(sessions)] == ["documents/theirs"]
+
+
 async def test_the_sweep_drains_every_batch_and_tries_each_failing_key_once(
     sessions: async_sessionmaker[AsyncSession], storage: Storage, s3_client: S3Client
 ) -> None:
