@@ -13,7 +13,7 @@ from starlette.requests import ClientDisconnect
 
 from api.config import Settings
 from api.db import create_engine_for, create_sessionmaker
-from api.deps import refuse_control_characters
+from api.deps import refuse_control_characters, refuse_repeated_parameters
 from api.errors import cause_of, is_database_outage
 from api.routes import documents, health, tags
 from api.storage import Storage, StorageError
@@ -80,7 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         description="A small document store: metadata in PostgreSQL, bytes in S3.",
         lifespan=lifespan,
-        dependencies=[Depends(refuse_control_characters)],
+        dependencies=[Depends(refuse_control_characters), Depends(refuse_repeated_parameters)],
     )
     app.state.settings = settings
     app.state.engine = engine

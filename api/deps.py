@@ -62,6 +62,24 @@ async def refuse_control_characters(request: Request) -> None:
         raise RequestValidationError(problems)
 
 
+async def refuse_repeated_parameters(request: Request) -> None:
+    """422 for a query parameter given more than once (`?tag=a&tag=b`): every parameter of
+    this API takes one value, and keeping only the last would answer a question nobody
+    asked. Same shape as FastAPI's validation errors."""
+    names = [name for name, _ in request.query_params.multi_items()]
+    problems = [
+        {
+            "type": "value_error",
+            "loc": ["query", name],
+            "msg": f"given {names.count(name)} times; give it at most once",
+        }
+        for name in sorted(set(names))
+        if names.count(name) > 1
+    ]
+    if problems:
+        raise RequestValidationError(problems)
+
+
 def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(
         status_code=status.HTTP_401_UNAUTHORIZED,

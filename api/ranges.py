@@ -1,4 +1,4 @@
-"""Single byte-range requests (RFC 9110 section 14) and If-Match version parsing."""
+"""Single byte-range requests (RFC 9110 section 14) and the conditional headers (section 13)."""
 
 from __future__ import annotations
 
@@ -46,3 +46,19 @@ def parse_if_match_version(header: str) -> int | None:
     if match is None:
         return None
     return int(match.group(1) or match.group(2))
+
+
+def if_match_allows(header: str, version: int) -> bool:
+    """RFC 9110 13.1.1 for a document at `version`: `*` matches (the document exists), else a
+    comma-separated list matches when one of its entity-tags is the version's, compared
+    strongly (a weak `W/"3"` never matches). A bare `3` is accepted too, as it always was."""
+    if header.strip() == "*":
+        return True
+    return any(parse_if_match_version(tag) == version for tag in header.split(","))
+
+
+def if_range_allows(header: str | None, etag: str) -> bool:
+    """RFC 9110 13.1.5: a Range is served only when If-Range is absent or is the current
+    strong entity-tag; a date or any other tag means "send it all" (the download has no
+    Last-Modified to compare a date with)."""
+    return header is None or header.strip() == etag

@@ -23,7 +23,12 @@ from api.filenames import content_disposition, sanitize_filename
 from api.models import Document, PendingObjectDeletion
 from api.multipart import MultipartError
 from api.queries import document_by_id, document_page, ensure_tags, forget_pending_deletion
-from api.ranges import RangeNotSatisfiableError, parse_byte_range, parse_if_match_version
+from api.ranges import (
+    RangeNotSatisfiableError,
+    if_match_allows,
+    if_range_allows,
+    parse_byte_range,
+)
 from api.schemas import (
     TAG_RULES,
     DocumentOut,
@@ -104,6 +109,15 @@ async def _load_document(
 
 def _version_etag(document: Document) -> str:
     return f'"{document.version}"'
+
+
+def _check_if_match(if_match: str | None, document: Document) -> None:
+    """412 unless If-Match is absent or names the current version (or is `*`)."""
+    if if_match is not None and not if_match_allows(if_match, document.version):
+        raise HTTPException(
+            status.HTTP_412_PRECONDITION_FAILED,
+            "If-Match does not match the current version; fetch the document and retry",
+        )
 
 
 @router.post(
@@ -331,24 +345,16 @@ async def download_document(
     session: SessionDep,
     storage: StorageDep,
     range_header: Annotated[str | None, Header(alias="range")] = None,
+    if_range: Annotated[
+        str | None, Header(description="Serve the Range only if this is still the ETag.")
+    ] = None,
 ) -> Response:
-    """Stream the stored bytes; supports a single `Range: bytes=first-last`."""
+    """Stream the stored bytes; supports a single `Range: bytes=first-last`, and If-Range."""
     document = await _load_document(session, document_id)
-    size = document.size_bytes
-    headers = {
-        "ETag": f'"{document.sha256}"',
-        "Content-Disposition": content_disposition(document.filename),
-        "Accept-Ranges": "bytes",
-        "X-Content-Type-Options": "nosniff",
-    }
-    try:
-        byte_range = parse_byte_range(range_header, size)
-    except RangeNotSatisfiableError:
-        return JSONResponse(
-            {"detail": f"range not satisfiable; the document has {size} bytes"},
-            status_code=status.HTTP_416_RANGE_NOT_SATISFIABLE,
-            headers={"Content-Range": f"bytes */{size}"},
-        )
+    answer = _download_answer(document, range_header, if_range)
+    if isinstance(answer, Response):
+        return answer
+    status_code, headers, byte_range = answer
     try:
         stream = await storage.open_download(document.storage_key, byte_range)
     except ObjectNotFoundError:
@@ -358,14 +364,56 @@ async def download_document(
     except StorageError as exc:
         logger.warning("download of %s failed: %s", document.storage_key, exc)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "storage is unavailable") from None
-    status_code = status.HTTP_200_OK
-    if byte_range is not None:
-        status_code = status.HTTP_206_PARTIAL_CONTENT
-        headers["Content-Range"] = f"bytes {byte_range[0]}-{byte_range[1]}/{size}"
     headers["Content-Length"] = str(stream.content_length)
     return StreamingResponse(
         stream.chunks, status_code=status_code, media_type=document.content_type, headers=headers
     )
+
+
+# HEAD answers what GET would, from the row alone (no object is read). Left out of the
+# OpenAPI document: it is HTTP's own method on the same resource, not another operation.
+@router.head("/{document_id}/content", include_in_schema=False)
+async def head_document_content(
+    document_id: uuid.UUID,
+    session: SessionDep,
+    range_header: Annotated[str | None, Header(alias="range")] = None,
+    if_range: Annotated[str | None, Header()] = None,
+) -> Response:
+    document = await _load_document(session, document_id)
+    answer = _download_answer(document, range_header, if_range)
+    if isinstance(answer, Response):
+        return answer
+    status_code, headers, byte_range = answer
+    first, last = byte_range or (0, document.size_bytes - 1)
+    headers["Content-Length"] = str(last - first + 1)
+    return Response(status_code=status_code, media_type=document.content_type, headers=headers)
+
+
+def _download_answer(
+    document: Document, range_header: str | None, if_range: str | None
+) -> Response | tuple[int, dict[str, str], tuple[int, int] | None]:
+    """The status, headers and byte range of a download (GET or HEAD), or the 416 answer."""
+    size = document.size_bytes
+    headers = {
+        "ETag": f'"{document.sha256}"',
+        "Content-Disposition": content_disposition(document.filename),
+        "Accept-Ranges": "bytes",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if not if_range_allows(if_range, headers["ETag"]):
+        range_header = None  # the client's copy is another version: send all of this one
+    try:
+        byte_range = parse_byte_range(range_header, size)
+    except RangeNotSatisfiableError:
+        return JSONResponse(
+            {"detail": f"range not satisfiable; the document has {size} bytes"},
+            status_code=status.HTTP_416_RANGE_NOT_SATISFIABLE,
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    if byte_range is None:
+        return status.HTTP_200_OK, headers, None
+    headers["Content-Range"] = f"bytes {byte_range[0]}-{byte_range[1]}/{size}"
+    return status.HTTP_206_PARTIAL_CONTENT, headers, byte_range
 
 
 @router.patch(
@@ -399,11 +447,7 @@ async def patch_document(
             status.HTTP_428_PRECONDITION_REQUIRED,
             f"send If-Match with the current version ({_version_etag(document)} from GET)",
         )
-    if parse_if_match_version(if_match) != document.version:
-        raise HTTPException(
-            status.HTTP_412_PRECONDITION_FAILED,
-            "If-Match does not match the current version; fetch the document and retry",
-        )
+    _check_if_match(if_match, document)
     if changes.filename is not None:
         document.filename = sanitize_filename(changes.filename)
     if changes.tags is not None:
@@ -424,15 +468,29 @@ async def patch_document(
 @router.delete(
     "/{document_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={401: {}, 403: {"description": "Not the owner."}, 404: {}},
+    responses={
+        401: {},
+        403: {"description": "Not the owner."},
+        404: {},
+        412: {"description": "If-Match does not carry the current version."},
+    },
 )
 async def delete_document(
-    document_id: uuid.UUID, owner: OwnerDep, session: SessionDep, storage: StorageDep
+    document_id: uuid.UUID,
+    owner: OwnerDep,
+    session: SessionDep,
+    storage: StorageDep,
+    if_match: Annotated[
+        str | None,
+        Header(description="Optional: delete only this version, e.g. `3`; 412 if it is stale."),
+    ] = None,
 ) -> Response:
-    """Delete the row (recording its object in the outbox atomically), then the object."""
+    """Delete the row (recording its object in the outbox atomically), then the object.
+    Unconditional without If-Match; with it, only the version it names (412 otherwise)."""
     document = await _load_document(session, document_id, for_update=True)
     if document.owner != owner:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "only the owner may delete a document")
+    _check_if_match(if_match, document)
     storage_key = document.storage_key
     await session.delete(document)
     session.add(PendingObjectDeletion(storage_key=storage_key))
