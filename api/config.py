@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -136,8 +137,17 @@ class Settings(DatabaseSettings):
     @field_validator("s3_endpoint_url")
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+        if value is None:
+            return value
+        if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL")
+        parts = urlsplit(value)
+        if "@" in parts.netloc:
+            raise ValueError("must not carry credentials (S3_ACCESS_KEY and S3_SECRET_KEY do)")
+        try:
+            parts.port  # noqa: B018 (raises on a port that is not a number from 0 to 65535)
+        except ValueError:
+            raise ValueError("has a port that is not a number from 0 to 65535") from None
         return value
 
     @field_validator("s3_region")
@@ -223,14 +233,27 @@ _FIXES |= {
 }
 
 _SECRET_VARIABLES = frozenset({"S3_ACCESS_KEY", "S3_SECRET_KEY"})
+_URL_VARIABLES = frozenset({"DATABASE_URL", "S3_ENDPOINT_URL"})
+_URL_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#]*@")
+
+
+def _shown_url(variable: str, raw: str) -> str:
+    """A URL variable's value for a message: its password masked (for S3_ENDPOINT_URL, all of
+    its user part); a value that is no URL at all may be a secret pasted into the wrong
+    variable, and is not shown."""
+    if "://" not in raw:
+        return f"<hidden: not a URL, {len(raw)} chars>"
+    if variable == "DATABASE_URL":
+        return repr(mask_url_password(raw))
+    return repr(_URL_USERINFO.sub(r"\1***@", raw)[:200])
 
 
 def _shown_value(variable: str, raw: str | None) -> str:
     """The value as it may appear in an error message: never a secret."""
     if raw is None:
         return "not set"
-    if variable == "DATABASE_URL":
-        return repr(mask_url_password(raw))
+    if variable in _URL_VARIABLES:
+        return _shown_url(variable, raw)
     if variable in _SECRET_VARIABLES:
         return f"<hidden, {len(raw)} chars>"
     if variable == "API_TOKENS":

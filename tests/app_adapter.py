@@ -99,6 +99,13 @@ DEV_OWNER = "dev"
 DEV_HOST, DEV_PORT = "127.0.0.1", "8000"
 
 
+def dev_settings(run: RunTargets, token: str) -> Settings:
+    """`make dev`'s service: one owner, and the service's own upload limit (MAX_UPLOAD_BYTES
+    unset: 100 MiB), not the tests' 1 MiB."""
+    service_default = Settings.model_fields["max_upload_bytes"].default
+    return settings_for(run, tokens={DEV_OWNER: token}, max_upload_bytes=service_default)
+
+
 async def serve_dev() -> int:
     """`make dev`: a migrated schema and a bucket on the embedded services, uvicorn on them."""
     from realstack import resolve_for_tool, sandbox
@@ -106,7 +113,7 @@ async def serve_dev() -> int:
     config = resolve_for_tool()
     token = secrets.token_urlsafe(24)
     async with sandbox(config, "dev") as run:
-        env = {**os.environ, **environment_of(settings_for(run, tokens={DEV_OWNER: token}))}
+        env = {**os.environ, **environment_of(dev_settings(run, token))}
         print(
             f"\ndev: API on http://{DEV_HOST}:{DEV_PORT} (docs at /docs), owner {DEV_OWNER!r}\n"
             f"dev: token  {token}\n"

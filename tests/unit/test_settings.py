@@ -271,3 +271,32 @@ def test_storage_gc_exits_2_with_one_message_on_a_configuration_error(
 
     assert storage_gc.main([]) == storage_gc.EXIT_CONFIGURATION
     assert "DATABASE_URL: is not set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        # No scheme: make_url cannot parse it, and the old masking needed "://".
+        ("DATABASE_URL", f"app:{DB_PASSWORD}@db.internal/docstore", "must start with"),
+        # A bare secret pasted into the wrong variable.
+        ("DATABASE_URL", DB_PASSWORD, "must start with"),
+        ("S3_ENDPOINT_URL", f"http://key:{S3_SECRET}@localhost:9000", "must not carry credentials"),
+        ("S3_ENDPOINT_URL", f"http://{S3_SECRET}@localhost:9000", "must not carry credentials"),
+        ("S3_ENDPOINT_URL", S3_SECRET, "must be an http:// or https:// URL"),
+    ],
+)
+def test_a_start_up_error_never_echoes_a_secret_in_a_url_variable(
+    variable: str, value: str, problem: str
+) -> None:
+    message = error_for(valid_env(**{variable: value}))
+
+    assert f"{variable}: {problem}" in message
+    assert DB_PASSWORD not in message and S3_SECRET not in message
+
+
+@pytest.mark.parametrize("endpoint", ["http://localhost:notport", "http://localhost:99999"])
+def test_an_s3_endpoint_whose_port_is_not_a_port_is_refused(endpoint: str) -> None:
+    message = error_for(valid_env(S3_ENDPOINT_URL=endpoint))
+
+    assert "S3_ENDPOINT_URL: has a port that is not a number from 0 to 65535" in message
+    assert repr(endpoint) in message  # no secret in it: shown as given
