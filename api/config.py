@@ -26,6 +26,10 @@ _OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 _URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 
+# A Bearer token shorter than this is refused at start-up: short ones can be guessed.
+MIN_TOKEN_CHARS = 16
+
+
 class SettingsError(Exception):
     """The environment does not describe a usable configuration; str() is the user-facing text."""
 
@@ -194,8 +198,15 @@ class Settings(DatabaseSettings):
                 raise ValueError(
                     f"owner name {owner[:64]!r} must be 1-64 chars of letters, digits, '_.@-'"
                 )
-            if not token.get_secret_value().strip():
+            length = len(token.get_secret_value().strip())
+            if length == 0:
                 raise ValueError(f"the token of owner {owner!r} is empty")
+            if length < MIN_TOKEN_CHARS:
+                raise ValueError(
+                    f"the token of owner {owner!r} has {length} characters; a token needs at "
+                    f"least {MIN_TOKEN_CHARS}, e.g. python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(24))'"
+                )
         secrets = [token.get_secret_value() for token in value.values()]
         if len(set(secrets)) != len(secrets):
             raise ValueError("two owners share the same token; every owner needs its own")

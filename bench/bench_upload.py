@@ -24,7 +24,7 @@ from tests.load_client import serve
 
 UPLOAD_BYTES = 200 * MIB
 CHUNK = 1024 * 1024
-TOKEN = "bench-token"  # noqa: S105 - a throwaway token for a throwaway server
+TOKEN = "bench-token-0123456789"  # noqa: S105 - a throwaway token for a throwaway server
 BOUNDARY = "bench-boundary-7d1c0f2e9a"
 
 

@@ -27,7 +27,7 @@ from api.deps import get_session
 from api.models import Base
 
 # Test-only owners and tokens: the app under test accepts exactly these.
-TOKENS = {"alice": "alice-test-token", "bob": "bob-test-token"}
+TOKENS = {"alice": "alice-test-token-1", "bob": "bob-test-token-1"}
 MAX_UPLOAD_BYTES = 1024 * 1024
 
 metadata = Base.metadata

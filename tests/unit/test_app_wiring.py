@@ -19,7 +19,7 @@ def offline_settings() -> Settings:
         s3_access_key=SecretStr("k"),
         s3_secret_key=SecretStr("s"),
         s3_bucket="docs",
-        api_tokens={"alice": SecretStr("t")},
+        api_tokens={"alice": SecretStr("a-token-of-16-chars")},
     )
 
 

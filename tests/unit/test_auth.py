@@ -15,7 +15,8 @@ from api import Settings
 from api.auth import owner_for_token
 from api.deps import require_owner
 
-TOKENS = {"alice": "alice-token", "bob": "bob-token"}
+ALICE, BOB = "alice-token-0123456", "bob-token-0123456789"  # 16+ chars, as start-up requires
+TOKENS = {"alice": ALICE, "bob": BOB}
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     "headers",
     [
         {},
-        {"Authorization": "alice-token"},
+        {"Authorization": ALICE},
         {"Authorization": "Basic YWxpY2U6YWxpY2UtdG9rZW4="},
         {"Authorization": "Bearer"},
         {"Authorization": "Bearer not-a-known-token"},
@@ -60,14 +61,14 @@ async def test_requests_without_a_known_bearer_token_get_401_with_www_authentica
 
 
 async def test_a_known_token_authenticates_as_its_owner(client: httpx.AsyncClient) -> None:
-    response = await client.get("/whoami", headers={"Authorization": "Bearer bob-token"})
+    response = await client.get("/whoami", headers={"Authorization": f"Bearer {BOB}"})
 
     assert response.status_code == 200
     assert response.json() == {"owner": "bob"}
 
 
 async def test_the_bearer_scheme_name_is_case_insensitive(client: httpx.AsyncClient) -> None:
-    response = await client.get("/whoami", headers={"Authorization": "bearer alice-token"})
+    response = await client.get("/whoami", headers={"Authorization": f"bearer {ALICE}"})
 
     assert response.json() == {"owner": "alice"}
 
@@ -77,7 +78,7 @@ def secret_tokens() -> dict[str, SecretStr]:
 
 
 def test_owner_for_token_returns_none_for_a_prefix_of_a_real_token() -> None:
-    assert owner_for_token(secret_tokens(), "alice-tok") is None
+    assert owner_for_token(secret_tokens(), ALICE[:9]) is None
 
 
 def test_owner_for_token_handles_non_ascii_input() -> None:
@@ -96,7 +97,7 @@ def test_every_token_is_compared_with_compare_digest_even_after_a_match(
 
     monkeypatch.setattr(hmac, "compare_digest", spy)
 
-    owner = owner_for_token(secret_tokens(), "alice-token")
+    owner = owner_for_token(secret_tokens(), ALICE)
 
     assert owner == "alice"
-    assert sorted(a for a, _ in calls) == [b"alice-token", b"bob-token"]
+    assert sorted(a for a, _ in calls) == sorted([ALICE.encode(), BOB.encode()])

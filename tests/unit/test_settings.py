@@ -12,7 +12,7 @@ from api.db import engine_connect_args
 
 DB_PASSWORD = "db-pa55word-xyz"
 S3_SECRET = "s3-secret-key-xyz"
-ALICE_TOKEN = "alice-token-xyz"
+ALICE_TOKEN = "alice-token-xyz-0123"
 
 
 def valid_env(**overrides: str) -> dict[str, str]:
@@ -22,7 +22,7 @@ def valid_env(**overrides: str) -> dict[str, str]:
         "S3_ACCESS_KEY": "access-key-id",
         "S3_SECRET_KEY": S3_SECRET,
         "S3_BUCKET": "docstore",
-        "API_TOKENS": json.dumps({"alice": ALICE_TOKEN, "bob": "bob-token"}),
+        "API_TOKENS": json.dumps({"alice": ALICE_TOKEN, "bob": "bob-token-0123456789"}),
     }
     env.update(overrides)
     return env
@@ -44,7 +44,7 @@ def test_a_complete_environment_loads_with_defaults_for_optional_values() -> Non
 
 
 def test_api_tokens_json_maps_owner_names_to_tokens() -> None:
-    settings = load_settings(valid_env(API_TOKENS='{"carol": "c-token"}'))
+    settings = load_settings(valid_env(API_TOKENS='{"carol": "c-token-0123456789"}'))
 
     assert list(settings.api_tokens) == ["carol"]
 
@@ -120,7 +120,11 @@ def test_api_tokens_must_map_at_least_one_owner_to_a_non_empty_token(tokens: str
 
 
 def test_two_owners_may_not_share_a_token() -> None:
-    message = error_for(valid_env(API_TOKENS=json.dumps({"alice": "same", "bob": "same"})))
+    message = error_for(
+        valid_env(
+            API_TOKENS=json.dumps({"alice": "same-token-0123456", "bob": "same-token-0123456"})
+        )
+    )
 
     assert "share the same token" in message
     assert "same" not in message.split("(got", 1)[1].split(")")[0].replace("***", "")
@@ -248,7 +252,7 @@ def test_direct_construction_errors_do_not_echo_input_values() -> None:
             s3_access_key="a",
             s3_secret_key="b",
             s3_bucket="docstore",
-            api_tokens={"alice": "t"},
+            api_tokens={"alice": "a-token-of-16-chars"},
         )
 
     assert DB_PASSWORD not in str(caught.value)
@@ -300,3 +304,13 @@ def test_an_s3_endpoint_whose_port_is_not_a_port_is_refused(endpoint: str) -> No
 
     assert "S3_ENDPOINT_URL: has a port that is not a number from 0 to 65535" in message
     assert repr(endpoint) in message  # no secret in it: shown as given
+
+
+def test_a_token_shorter_than_the_minimum_is_refused_without_showing_it() -> None:
+    short = "short-tok-15chr"  # 15 characters
+
+    message = error_for(valid_env(API_TOKENS=json.dumps({"alice": ALICE_TOKEN, "bob": short})))
+
+    assert "API_TOKENS: the token of owner 'bob' has 15 characters" in message
+    assert "at least 16" in message and "secrets.token_urlsafe" in message
+    assert short not in message and ALICE_TOKEN not in message
