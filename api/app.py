@@ -18,6 +18,7 @@ from api.errors import cause_of, is_database_outage
 from api.routes import documents, health, tags
 from api.storage import Storage, StorageError
 from api.upload_slots import UploadSlots
+from api.write_guard import WriteGuard
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(SQLAlchemyError, _database_error)
     app.add_exception_handler(OSError, _database_error)
     app.add_exception_handler(ClientDisconnect, _client_disconnected)
+    # Before any body is read: the token of a write, and the size of a JSON body.
+    app.add_middleware(WriteGuard, settings=settings)
     app.include_router(health.router)
     app.include_router(documents.router)
     app.include_router(tags.router)
