@@ -107,6 +107,12 @@ async def _load_document(
     return document
 
 
+RangeHeader = Annotated[str | None, Header(alias="range")]
+IfRangeHeader = Annotated[
+    str | None, Header(description="Serve the Range only if this is still the ETag.")
+]
+
+
 def _version_etag(document: Document) -> str:
     return f'"{document.version}"'
 
@@ -344,10 +350,8 @@ async def download_document(
     document_id: uuid.UUID,
     session: SessionDep,
     storage: StorageDep,
-    range_header: Annotated[str | None, Header(alias="range")] = None,
-    if_range: Annotated[
-        str | None, Header(description="Serve the Range only if this is still the ETag.")
-    ] = None,
+    range_header: RangeHeader = None,
+    if_range: IfRangeHeader = None,
 ) -> Response:
     """Stream the stored bytes; supports a single `Range: bytes=first-last`, and If-Range."""
     document = await _load_document(session, document_id)
@@ -376,8 +380,8 @@ async def download_document(
 async def head_document_content(
     document_id: uuid.UUID,
     session: SessionDep,
-    range_header: Annotated[str | None, Header(alias="range")] = None,
-    if_range: Annotated[str | None, Header()] = None,
+    range_header: RangeHeader = None,
+    if_range: IfRangeHeader = None,
 ) -> Response:
     document = await _load_document(session, document_id)
     answer = _download_answer(document, range_header, if_range)
