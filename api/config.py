@@ -119,6 +119,12 @@ class Settings(DatabaseSettings):
     health_timeout: float = _seconds(3.0)
     upload_idle_timeout: float = _seconds(30.0)
     max_active_uploads: int = Field(default=100, ge=1, le=100_000)
+    # The HTTP server's own bounds (python -m api.serve): a request's headers must arrive
+    # within http_header_timeout, an idle keep-alive connection closes after
+    # http_keep_alive_timeout, and at most http_max_connections are served at once.
+    http_header_timeout: float = _seconds(10.0)
+    http_keep_alive_timeout: int = Field(default=5, ge=1, le=3600)
+    http_max_connections: int = Field(default=1000, ge=1, le=100_000)
     log_level: str = "INFO"
 
     @field_validator("log_level")
@@ -227,6 +233,8 @@ _FIXES: dict[str, str] = {
     "S3_MAX_THREADS": "set it to a whole number from 1 to 1000, or unset it for 16",
     "MAX_ACTIVE_UPLOADS": "set it to a positive whole number, or unset it for 100",
     "LOG_LEVEL": "set it to DEBUG, INFO, WARNING or ERROR, or unset it for INFO",
+    "HTTP_KEEP_ALIVE_TIMEOUT": "set it to whole seconds from 1 to 3600, or unset it for 5",
+    "HTTP_MAX_CONNECTIONS": "set it to a whole number from 1 to 100000, or unset it for 1000",
 }
 _SECONDS_FIXES = {
     "DATABASE_CONNECT_TIMEOUT": 3.0,
@@ -237,6 +245,7 @@ _SECONDS_FIXES = {
     "S3_READ_TIMEOUT": 2.0,
     "HEALTH_TIMEOUT": 3.0,
     "UPLOAD_IDLE_TIMEOUT": 30.0,
+    "HTTP_HEADER_TIMEOUT": 10.0,
 }
 _FIXES |= {
     variable: f"set it to a positive number of seconds, or unset it for {default:g}"

@@ -122,7 +122,7 @@ async def serve_dev() -> int:
             "dev: Ctrl-C stops the API and the services.\n",
             flush=True,
         )
-        argv = [sys.executable, "-m", "uvicorn", "api.asgi:app", "--host", DEV_HOST]
+        argv = [sys.executable, "-m", "api.serve", "--host", DEV_HOST]
         server = await asyncio.create_subprocess_exec(*argv, "--port", DEV_PORT, env=env)
         try:
             return await server.wait()

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import resource
 import secrets
 import signal
 import statistics
@@ -109,14 +110,22 @@ class ServedApp:
 
 @contextlib.asynccontextmanager
 async def serve(
-    app_env: Mapping[str, str], timeout_s: float = SERVE_TIMEOUT_S
+    app_env: Mapping[str, str], timeout_s: float = SERVE_TIMEOUT_S, open_files: int | None = None
 ) -> AsyncIterator[ServedApp]:
-    """Run `uvicorn api.asgi:app` with `app_env` over this process's environment on a free
-    loopback port; yield its URL and pid once /health answers 200; stop it (SIGTERM, then
-    SIGKILL after 10 s) on the way out."""
+    """Run the service (`python -m api.serve`: uvicorn with its bounds) with `app_env` over
+    this process's environment on a free loopback port, its open-file limit lowered to
+    `open_files` if given; yield its URL and pid once /health answers 200; stop it (SIGTERM,
+    then SIGKILL after 10 s) on the way out."""
+    dies_with_us = die_with_parent(os.getpid(), signal.SIGTERM)
+
+    def before_exec() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+        dies_with_us()
+
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "uvicorn", "api.asgi:app", "--host", "127.0.0.1"]
+    argv = [sys.executable, "-m", "api.serve", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
     with tempfile.TemporaryFile() as log:
         # Popen only forks and execs; it stays on this (main) thread so that the parent-death
@@ -129,7 +138,7 @@ async def serve(
             stdout=log,
             stderr=subprocess.STDOUT,
             # uvicorn must not outlive a killed load run or test process.
-            preexec_fn=die_with_parent(os.getpid(), signal.SIGTERM),
+            preexec_fn=before_exec,
         )
 
         final: list[str] = []
