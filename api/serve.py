@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import logging
 import resource
+import sys
 import time
 from typing import Any, ClassVar
 
@@ -33,7 +34,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from api.config import load_settings
+from api.config import SettingsError, load_settings
 
 LOG_INTERVAL_S = 10.0
 # Descriptors kept free of client connections: the database pool, S3's, logs, the listener.
@@ -163,7 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--no-access-log", action="store_true")
     args = parser.parse_args(argv)
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:  # one message, secrets masked: not a traceback
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
     BoundedH11Protocol.header_timeout_s = settings.http_header_timeout
     BoundedH11Protocol.connection_limit = client_connection_limit()
     logging.getLogger("asyncio").addFilter(AcceptErrorsOncePerInterval())
