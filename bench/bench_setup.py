@@ -54,7 +54,7 @@ from realstack import (
     resolve_config,
 )
 from realstack.engines import autocommit_engine, create_test_engine
-from realstack.janitor import run_store
+from realstack.janitor import drop_database, run_store
 from realstack.migrations import drift, migrate
 from realstack.stamps import RunNames
 from realstack.templates import ensure_template, fingerprint, template_prefix
@@ -455,10 +455,8 @@ async def drop_templates(server_url: str, project: Project) -> list[str]:
                 {"prefix": template_prefix(project)},
             )
             names = [str(name) for (name,) in rows]
-            quote = conn.dialect.identifier_preparer.quote_identifier
             for name in names:
-                await conn.execute(text(f"ALTER DATABASE {quote(name)} WITH IS_TEMPLATE false"))
-                await conn.execute(text(f"DROP DATABASE {quote(name)} WITH (FORCE)"))
+                await drop_database(conn, name)
             return names
     finally:
         await engine.dispose()

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from realstack import janitor
 from realstack.engines import create_test_engine
 from realstack.engines import database_url as url_with_database
 from realstack.janitor import DatabaseJanitor, SchemaJanitor, stamp_schema
@@ -112,7 +113,7 @@ async def create_database(admin: AsyncEngine, name: str, stamp: Stamp | None = N
 
 async def drop_database(admin: AsyncEngine, name: str) -> None:
     async with autocommit(admin).connect() as conn:
-        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await janitor.drop_database(conn, name)
 
 
 async def run_leftovers(admin: AsyncEngine, run_id: str) -> list[str]:
@@ -206,9 +207,7 @@ async def drop_databases_starting(admin: AsyncEngine, prefix: str) -> list[str]:
         )
         names = list(rows.scalars())
         for name in names:
-            quoted = conn.dialect.identifier_preparer.quote_identifier(name)
-            await conn.execute(text(f"ALTER DATABASE {quoted} WITH IS_TEMPLATE false"))
-            await conn.execute(text(f"DROP DATABASE {quoted} WITH (FORCE)"))
+            await janitor.drop_database(conn, name)
     return names
 
 

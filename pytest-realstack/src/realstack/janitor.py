@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .engines import admin_engine, autocommit_engine, database_url
@@ -55,16 +56,68 @@ LOCK_SHARED = text("SELECT pg_advisory_lock_shared(hashtextextended(:n, 0))")
 UNLOCK_SHARED = text("SELECT pg_advisory_unlock_shared(hashtextextended(:n, 0))")
 
 
+class StoreInUseError(RuntimeError):
+    """A database to drop is held by sessions this role may not end."""
+
+
+# SQLSTATEs: the role may not end a session (42501); sessions still use the database (55006).
+_INSUFFICIENT_PRIVILEGE = "42501"
+_OBJECT_IN_USE = "55006"
+
+# The sessions in a database this role may end (pg_terminate_backend's own rule). An autovacuum
+# worker has no role, so it is left to plain DROP DATABASE, which ends it without asking.
+_END_OWN_SESSIONS = text(
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n "
+    "AND pid <> pg_backend_pid() AND usesysid IS NOT NULL AND pg_has_role(usesysid, 'USAGE')"
+)
+_SESSIONS = text(
+    "SELECT pid, coalesce(usename, backend_type), coalesce(application_name, '') "
+    "FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid() ORDER BY pid"
+)
+
+
+def _sqlstate(error: DBAPIError) -> str | None:
+    return getattr(error.orig, "sqlstate", None)
+
+
 async def drop_database(conn: AsyncConnection, name: str) -> None:
     """Drop a database, closing the connections a test left open (`conn`: AUTOCOMMIT). A
-    template is first made an ordinary database, which DROP requires; gone already is fine."""
+    template is first made an ordinary database, which DROP requires; gone already is fine.
+
+    WITH (FORCE) refuses outright when a session it may not end is there, and for a role that
+    is not a superuser that includes an autovacuum worker vacuuming the database (PostgreSQL
+    18). Then the role ends the sessions it may end and drops without FORCE, which stops an
+    autovacuum worker itself and waits up to 5 s for the rest; sessions of other roles that
+    still hold the database are named, with the fix."""
     quoted = quote(conn, name)
     is_template = await conn.scalar(
         text("SELECT datistemplate FROM pg_database WHERE datname = :n"), {"n": name}
     )
     if is_template:
         await conn.execute(text(f"ALTER DATABASE {quoted} WITH IS_TEMPLATE false"))
-    await conn.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+    try:
+        await conn.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+        return
+    except DBAPIError as error:
+        if _sqlstate(error) != _INSUFFICIENT_PRIVILEGE:
+            raise
+    await conn.execute(_END_OWN_SESSIONS, {"n": name})
+    try:
+        await conn.execute(text(f"DROP DATABASE IF EXISTS {quoted}"))
+    except DBAPIError as error:
+        if _sqlstate(error) != _OBJECT_IN_USE:
+            raise
+        sessions = (await conn.execute(_SESSIONS, {"n": name})).all()
+        held = ", ".join(
+            f"pid {pid} ({who}{f', {app}' if app else ''})" for pid, who, app in sessions
+        )
+        role = await conn.scalar(text("SELECT current_user"))
+        raise StoreInUseError(
+            f"could not drop database {name!r}: sessions this role ({role}) may not end still "
+            f"use it: {held or 'they left while it was dropped; run again'}.\n"
+            f"  fix:  close them (SELECT pg_terminate_backend(pid) as their role or a "
+            f"superuser), or GRANT pg_signal_backend TO {role}; then `make clean-leftovers`."
+        ) from None
 
 
 async def drop_schema(conn: AsyncConnection, name: str) -> None:

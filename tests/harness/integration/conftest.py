@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from realstack.embedded.launcher import RunningServices
 from realstack.engines import create_test_engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from .embedded_support import private_run_base, shared_cache_dir
+from .private_server import private_postgres_server
 
 
 @pytest_asyncio.fixture
@@ -33,3 +35,9 @@ def run_base() -> Iterator[Path]:
 def cache_dir() -> Iterator[Path]:
     """A launcher cache shared by one module's tests (test_templates takes one per test)."""
     yield from shared_cache_dir()
+
+
+@pytest.fixture(scope="module")
+def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServices]:
+    """A PostgreSQL of one module's own, where the tier is superuser (private_server)."""
+    yield from private_postgres_server(tmp_path_factory.mktemp("private-postgres"))

@@ -15,29 +15,24 @@ import asyncio
 import json
 import re
 import subprocess
-import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import asyncpg
 import pytest
 import pytest_asyncio
-from realstack.config import HarnessConfig, embedded_settings
-from realstack.embedded.launcher import RunningServices, embedded_services
-from realstack.embedded.pg_cluster import SUPERUSER
+from realstack.config import HarnessConfig
+from realstack.embedded.launcher import RunningServices
 from realstack.engines import database_url as url_with_database
 from realstack.stamps import RunNames
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.harness.helpers import engine_on, names_for, run_leftovers, write_project
-from tests.harness.integration.embedded_support import private_run_base
-from tests.harness.nested import EXAMPLES, clean_environment, run_nested_pytest
+from tests.harness.helpers import engine_on, names_for, run_leftovers
+from tests.harness.integration.private_server import Role, make_role, superuser
+from tests.harness.nested import EXAMPLES, run_nested_pytest
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -90,15 +85,6 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class Role:
-    """A login role of the private server, and the URL a run would be given for it."""
-
-    name: str
-    password: str
-    url: str
-
-
-@dataclass(frozen=True)
 class NestedRuns:
     """This module's nested runs, started together (most of their time is spent waiting)."""
 
@@ -146,46 +132,6 @@ def probe_line(snippet: str) -> str:
     lines = PROBE.read_text().splitlines()
     number = next(i for i, line in enumerate(lines, 1) if snippet in line)
     return f'{PROBE.name}", line {number}'
-
-
-@pytest.fixture(scope="module")
-def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServices]:
-    """A PostgreSQL of this module's own (the template the tier's cache holds): ~0.3 s."""
-    project = write_project(tmp_path_factory.mktemp("roles") / "pg-only", services=("postgres",))
-    with contextmanager(private_run_base)() as base:
-        env = clean_environment(project) | {"TEST_HARNESS_RUN_BASE": str(base)}
-        with embedded_services(embedded_settings(project, env), report=None) as running:
-            yield running
-
-
-@asynccontextmanager
-async def superuser(
-    running: RunningServices, database: str = "postgres"
-) -> AsyncIterator[asyncpg.Connection]:
-    """The private server's superuser, over its Unix socket."""
-    conn = await asyncpg.connect(
-        host=str(running.run.path),
-        port=running.postgres.port,
-        user=SUPERUSER,
-        database=database,
-        timeout=5,
-    )
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-async def make_role(running: RunningServices, label: str, *grants: str) -> Role:
-    """A login role that may not create databases (nor, unless granted, schemas)."""
-    name, password = f"{label}_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    database = running.settings.credentials.pg_database
-    async with superuser(running) as conn:
-        await conn.execute(f"CREATE ROLE {name} LOGIN NOCREATEDB PASSWORD '{password}'")
-        for grant in grants:
-            await conn.execute(grant.format(role=name, database=database))
-    url = f"postgresql+asyncpg://{name}:{password}@{running.postgres.address}/{database}"
-    return Role(name, password, url)
 
 
 async def private_leftovers(running: RunningServices) -> list[str]:

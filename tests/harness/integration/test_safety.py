@@ -14,7 +14,7 @@ import pytest_asyncio
 from realstack.buckets import BucketJanitor, sweep_dead_buckets
 from realstack.config import HarnessConfig
 from realstack.engines import create_test_engine
-from realstack.janitor import DatabaseJanitor
+from realstack.janitor import DatabaseJanitor, drop_database
 from realstack.stamps import JanitorRefusal, RunNames, Stamp
 from realstack.sweeps import sweep_dead_stores
 from sqlalchemy import text
@@ -161,7 +161,7 @@ async def dev_database(admin: AsyncEngine, database_url: str) -> AsyncIterator[s
         yield url
     finally:
         async with autocommit.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await drop_database(conn, name)
 
 
 async def test_a_database_with_user_tables_is_refused_before_any_test_and_left_untouched(
