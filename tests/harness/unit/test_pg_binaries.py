@@ -14,7 +14,7 @@ import pytest
 from realstack.config import EmbeddedSettings
 from realstack.embedded import pg_binaries
 from realstack.embedded.pg_binaries import first_untraversable, locate_binaries
-from realstack.embedded.procs import server_user
+from realstack.embedded.procs import HarnessSetupError, server_user
 
 
 @pytest.fixture
@@ -60,3 +60,28 @@ def test_the_copy_for_nobody_is_announced_once_naming_the_directory_nobody_canno
     assert "nobody" in first and str(cache / "pg-install-18.0") in first
     assert "/root" not in first  # no guessing: it names what is true
     assert later == ["", ""]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the server runs as another user only as root")
+def test_a_cache_the_server_user_cannot_reach_is_refused_naming_the_folder_and_the_fix(
+    settings: EmbeddedSettings,
+    locked_binaries: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bindir, _ = locked_binaries
+    locked = bindir.parents[2]  # 0700, owned by root
+    cache = locked / "cache"
+    settings = dataclasses.replace(settings, pg_bindir=bindir, cache_dir=cache)
+    run_as = server_user()
+    assert run_as is not None
+    monkeypatch.setattr(pg_binaries, "_located", {})
+
+    with pytest.raises(HarnessSetupError) as refused:
+        locate_binaries(settings, run_as, io.StringIO())
+
+    first, fix = str(refused.value).splitlines()
+    assert f"the harness cache {cache} is out of reach of {run_as.name}" in first
+    assert f"cannot enter {locked.resolve()} (mode 0700, owner root)" in first
+    assert fix.startswith("  fix:  set TEST_HARNESS_CACHE_DIR to a directory")
+    assert f"chmod o+x {locked.resolve()}" in fix
+    assert not list(cache.iterdir())  # nothing copied where the server could not read it

@@ -61,14 +61,26 @@ def configured_bindir(settings: EmbeddedSettings) -> tuple[Path, str]:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin", "the wheel"
 
 
-def ensure_cache_dir(path: Path) -> Path:
+def ensure_cache_dir(path: Path, run_as: RunAs | None = None) -> Path:
+    """The cache, made if missing; refused, naming the fix, when this process may not write it
+    or (running as root) the server's user `run_as` may not reach it."""
     if not path.exists():
         path.mkdir(parents=True, exist_ok=True)
         path.chmod(0o755)  # the server user reads the template and binaries from here
     if not os.access(path, os.W_OK | os.X_OK):
         raise HarnessSetupError(
-            f"the harness cache {path} is not writable by uid {os.geteuid()}; "
-            f"fix: set {TEST_HARNESS_CACHE_DIR.name} to a directory you own"
+            f"the harness cache {path} is not writable by uid {os.geteuid()}.\n"
+            f"  fix:  set {TEST_HARNESS_CACHE_DIR.name} to a directory you own"
+        )
+    blocked = first_untraversable(path, run_as) if run_as else None
+    if run_as and blocked:
+        folder, mode, owner = blocked
+        raise HarnessSetupError(
+            f"the harness cache {path} is out of reach of {run_as.name}, the user PostgreSQL "
+            f"runs as (you run as root): {run_as.name} cannot enter {folder} (mode "
+            f"{mode:04o}, owner {owner}).\n"
+            f"  fix:  set {TEST_HARNESS_CACHE_DIR.name} to a directory under one every user "
+            f"may enter (e.g. /var/cache/harness), or `chmod o+x {folder}`"
         )
     for build in path.glob(".build-*"):  # left by a run killed while filling the cache
         with contextlib.suppress(OSError):
@@ -217,7 +229,7 @@ def _locate(
     error = _why_not_runnable(bindir, run_as, settings.timeout_s)
     if error is None:
         return PgBinaries(bindir, line)
-    cache = ensure_cache_dir(settings.cache_dir)
+    cache = ensure_cache_dir(settings.cache_dir, run_as)
     why = _explain(bindir, run_as, error)
     copied = _copy_install(bindir, parse_version(line), cache, why, run_as, report)
     error = _why_not_runnable(copied, run_as, settings.timeout_s)

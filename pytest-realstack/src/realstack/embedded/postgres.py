@@ -264,7 +264,7 @@ class PostgresServer:
         line, and built again."""
         from .pg_binaries import ensure_cache_dir
 
-        cache = ensure_cache_dir(self.settings.cache_dir)
+        cache = ensure_cache_dir(self.settings.cache_dir, self.run.run_as)
         path = cache / f"pg-cluster-{cluster_key(binaries.version_line, self.creds)}"
         major = major_version(binaries.version)
         built = False
