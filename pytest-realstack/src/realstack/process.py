@@ -206,18 +206,28 @@ def remove_unattached_shared_memory(key: int, shmid: int) -> bool:
 
 @contextlib.contextmanager
 def exclusive_lock(path: Path) -> Iterator[bool]:
-    """Try to hold an exclusive lock on `path` (created if missing) for the block; yields
-    whether this process got it. The kernel drops it when the process dies, however it dies."""
+    """Try to hold an exclusive lock on `path` (created if missing, in a folder that must
+    exist) for the block; yields whether this process got it. The kernel drops it when the
+    process dies, however it dies. Its holder may unlink the file before it lets go: a lock
+    taken on a file that is no longer at `path` is let go and `path` taken again."""
     import fcntl
 
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             yield False
             return
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    try:
         yield True
     finally:
         os.close(fd)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
-from realstack.embedded.launcher import RunningServices
 from realstack.engines import create_test_engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from .embedded_support import private_run_base, shared_cache_dir
-from .private_server import private_postgres_server
+
+if TYPE_CHECKING:
+    from realstack.embedded.launcher import RunningServices
 
 
 @pytest_asyncio.fixture
@@ -39,5 +41,8 @@ def cache_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServices]:
-    """A PostgreSQL of one module's own, where the tier is superuser (private_server)."""
+    """A PostgreSQL of one module's own, where the tier is superuser (private_server). Imported
+    here, not at the top: a guarded conftest must import nothing of the harness's own."""
+    from .private_server import private_postgres_server
+
     yield from private_postgres_server(tmp_path_factory.mktemp("private-postgres"))

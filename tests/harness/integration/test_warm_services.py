@@ -35,6 +35,7 @@ from realstack.process import (
     start_time,
 )
 from realstack.project import Project, load_project
+from realstack.services import kind
 
 from tests.harness.helpers import write_project
 from tests.harness.notes_project import build_project
@@ -119,7 +120,7 @@ PRINT_PORT = "import os; print('port', os.environ['POSTGRES_PORT'])"
 def test_run_uses_the_warm_services_and_leaves_them_running(
     tmp_path: Path, run_base: Path, cache_dir: Path
 ) -> None:
-    project = write_project(tmp_path / "sample", ("postgres",))
+    project = write_project(tmp_path / "sample", ("postgres", "s3"))
     env = cli_env(run_base, cache_dir)
     try:
         assert _cli(project, env, "up").returncode == 0
@@ -131,7 +132,12 @@ def test_run_uses_the_warm_services_and_leaves_them_running(
 
         assert ran.returncode == 0, ran.stdout + ran.stderr
         assert ran.stdout.split() == ["port", warm["POSTGRES_PORT"]]
-        assert "using the warm services" in ran.stderr and " down` stops them" in ran.stderr
+        s3_port = warm[kind("s3").port.name]
+        assert (
+            f"using the warm services of `python -m realstack.embedded up` (PostgreSQL on port "
+            f"{warm['POSTGRES_PORT']}, S3 on port {s3_port}); " in ran.stderr
+        )
+        assert " down` stops them" in ran.stderr
         assert "ready at" not in ran.stderr  # no server of its own was started
         assert runs_in(run_base) == runs_before
         assert _answers(warm["POSTGRES_PORT"])  # still up for the next run
@@ -509,3 +515,24 @@ def test_a_pytest_run_resumes_a_warm_server_left_paused_and_says_so_past_the_cap
     finally:
         resume_tree(leader)
         _cli(warm.project, warm.env, "down")
+
+
+def test_up_on_a_fresh_machine_makes_the_run_base_and_down_leaves_nothing_there(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    """Its lock used to make the base 0700 first, which the server user (as root) may not
+    enter: `make services-up` failed as the first command on a new machine."""
+    project = write_project(tmp_path / "sample", ("postgres", "s3"))
+    fresh = run_base / "never-made"
+    env = cli_env(fresh, cache_dir)
+    try:
+        up = _cli(project, env, "up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert fresh.stat().st_mode & 0o777 == 0o755
+    finally:
+        down = _cli(project, env, "down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not fresh.exists()  # no empty base, no lock file left behind
+    ran = _cli(project, env, "run", "--", sys.executable, "-c", "pass")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert not fresh.exists()

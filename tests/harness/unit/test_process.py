@@ -19,6 +19,7 @@ from realstack.process import (
     choose_ports,
     cmdline,
     descendants,
+    exclusive_lock,
     is_same_process,
     is_stopped,
     pause_tree,
@@ -156,3 +157,30 @@ def test_an_atomic_write_leaves_the_whole_file_and_no_temporary_one(tmp_path: Pa
     assert target.read_text() == "new"
     assert target.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_a_lock_whose_file_its_holder_replaced_is_not_held_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The holder unlinks the file as it lets go and the next taker makes a new one; a
+    process that opened the old file before that must not then hold a lock of its own."""
+    import fcntl
+
+    path = tmp_path / "x.lock"
+    real_flock, other = fcntl.flock, []
+
+    def replaced_meanwhile(fd: int, operation: int) -> None:
+        if not other:  # between our open() and flock(): unlinked, and a new one taken
+            path.unlink()
+            other.append(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            real_flock(other[0], fcntl.LOCK_EX)
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", replaced_meanwhile)
+    try:
+        with exclusive_lock(path) as got:
+            assert not got  # the new file's holder has it
+    finally:
+        os.close(other[0])
+    with exclusive_lock(path) as got:
+        assert got

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..contract import TEST_HARNESS_RUN_BASE
-from ..process import cmdline, is_same_process, start_time, write_atomic
+from ..process import cmdline, exclusive_lock, is_same_process, start_time, write_atomic
 from .procs import HarnessSetupError, RunAs
 
 STATE_FILE = "state.json"
+BASE_ATTEMPTS = 3  # making a run dir, should a finishing run remove the empty base meanwhile
 
 
 @dataclass
@@ -76,8 +77,14 @@ class RunDir:
     ) -> RunDir:
         """A new run dir under `base`, after sweeping the dead runs found there."""
         sweep_dead_runs(base, on_dead_run=on_dead_run)
-        _ensure_base(base, run_as)
-        path = Path(tempfile.mkdtemp(prefix="run-", dir=base))
+        for attempt in range(BASE_ATTEMPTS):
+            ensure_base(base, run_as)
+            try:
+                path = Path(tempfile.mkdtemp(prefix="run-", dir=base))
+                break
+            except FileNotFoundError:  # another run's tidy_base removed it, empty, just now
+                if attempt == BASE_ATTEMPTS - 1:
+                    raise
         if run_as:
             os.chown(path, run_as.uid, run_as.gid)
         return cls(path, run_as)
@@ -104,6 +111,7 @@ class RunDir:
     def remove(self) -> None:
         remove_stray_files(self.state.files)
         shutil.rmtree(self.path, ignore_errors=True)
+        tidy_base(self.path.parent)
 
     def _save(self) -> None:
         write_atomic(self.path / STATE_FILE, self.state.dump(), 0o644)
@@ -116,7 +124,20 @@ def pause_lock(run_base: Path, leader: int) -> Path:
     return run_base / f"paused-{leader}.lock"
 
 
-def _ensure_base(base: Path, run_as: RunAs | None) -> None:
+def tidy_base(base: Path) -> None:
+    """Remove the lock files nobody holds (each while holding it: exclusive_lock then sees
+    it gone) and then the base itself if that left it empty, so no empty
+    /dev/shm/<project>-harness-<uid> outlives the last run."""
+    with contextlib.suppress(OSError):
+        for lock in base.glob("*.lock"):
+            with exclusive_lock(lock) as free:
+                if free:
+                    lock.unlink(missing_ok=True)
+        base.rmdir()
+
+
+def ensure_base(base: Path, run_as: RunAs | None) -> None:
+    """The run base, made 0755 if missing: the server user must traverse it."""
     if not base.exists():
         base.mkdir(parents=True, exist_ok=True)
         # 0755 whatever the umask: the server user must traverse it to reach its run dir.

@@ -22,7 +22,7 @@ from types import FrameType
 from typing import TextIO
 
 from ..config import EmbeddedSettings
-from ..contract import POSTGRES_PORT, resolve_database
+from ..contract import resolve_database
 from ..process import free_port
 from ..project import Project
 from .launcher import RunningServices, create_embedded_services
@@ -139,9 +139,11 @@ def _run_on_warm(
     child: _Child, settings: EmbeddedSettings, warm: Mapping[str, str], report: TextIO
 ) -> int:
     """The command against warm services: nothing to start, nothing to stop afterwards."""
+    from .warm import ports_line
+
     print(
         f"embedded services: using the warm services of `{settings.warm_up_command}` "
-        f"(PostgreSQL on port {warm.get(POSTGRES_PORT.name, '?')}); "
+        f"({ports_line(settings.project, warm)}); "
         f"`{settings.warm_down_command}` stops them, and later runs then start their own",
         file=report,
         flush=True,

@@ -41,7 +41,7 @@ from ..process import (
 )
 from ..project import Project
 from ..services import kinds_of
-from .rundir import pause_lock
+from .rundir import ensure_base, pause_lock, tidy_base
 
 STOP_TIMEOUT_S = 30.0
 COMMAND = f"python -m {__package__}"
@@ -129,6 +129,14 @@ def _endpoints(project: Project) -> list[tuple[str, str]]:
     return [(kind.host.name, kind.port.name) for kind in kinds_of(project)]
 
 
+def ports_line(project: Project, values: Mapping[str, str]) -> str:
+    """Each of the project's warm services and its port: "PostgreSQL on port 5432, S3 on
+    port 9000"."""
+    return ", ".join(
+        f"{kind.describe} on port {values.get(kind.port.name, '?')}" for kind in kinds_of(project)
+    )
+
+
 def load_warm_services(
     settings: EmbeddedSettings, tell: Callable[[str], None] | None = None
 ) -> dict[str, str] | None:
@@ -207,11 +215,19 @@ def supervise(settings: EmbeddedSettings, report: TextIO) -> int:
     wait for `down` (SIGTERM), SIGINT or SIGHUP."""
     # One supervisor per checkout: a second `up` started at the same time finds the lock held
     # and changes nothing; the lock goes with this process, however it ends.
-    with exclusive_lock(supervisor_lock(settings)) as mine:
-        if not mine:
-            report.write("ALREADY\n")
-            return 0
-        return _supervise_locked(settings, report)
+    lock = supervisor_lock(settings)
+    ensure_base(settings.run_base, None)  # 0755: the servers' user checks it in RunDir.create
+    try:
+        with exclusive_lock(lock) as mine:
+            if not mine:
+                report.write("ALREADY\n")
+                return 0
+            try:
+                return _supervise_locked(settings, report)
+            finally:
+                lock.unlink(missing_ok=True)  # while held: the next `up` takes a new one
+    finally:
+        tidy_base(settings.run_base)
 
 
 def supervisor_lock(settings: EmbeddedSettings) -> Path:
