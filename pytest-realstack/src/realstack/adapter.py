@@ -6,6 +6,10 @@ The core asks it for exactly these, and for nothing else:
     create_app(run)            the ASGI app for a RunTargets (database URL, schema, bucket)
     session_dependency         the FastAPI dependency that yields the request's AsyncSession;
                                tests replace it with the test's session
+    lifespan                   optional: the lifespan run once per session (per xdist worker)
+                               around the app, instead of the app's own: lifespan(app) is an
+                               async context manager yielding a dict (the lifespan state every
+                               request gets a copy of) or nothing; None runs no lifespan
     app_environment(run)       optional: the app's own variables for a server process
                                (make dev, load tests), e.g. {"DATABASE_URL": ...}
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import importlib
 import traceback
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -28,6 +33,7 @@ from .config import RunTargets
 from .project import Project
 
 REQUIRED = ("metadata", "create_app", "session_dependency")
+Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 
 
 class AdapterError(Exception):
@@ -41,6 +47,7 @@ class AppAdapter:
     create_app: Callable[[RunTargets], Any]
     session_dependency: Callable[..., Any]
     app_environment: Callable[[RunTargets], Mapping[str, str]] | None
+    lifespan: Lifespan | None  # app_lifespan unless the adapter names one, or None
 
     def environment_for(self, run: RunTargets) -> dict[str, str]:
         if self.app_environment is None:
@@ -49,6 +56,17 @@ class AppAdapter:
                 "your app's own variables (e.g. its database URL) for a server process"
             )
         return dict(self.app_environment(run))
+
+    def lifespan_for(self, app: Any) -> AbstractAsyncContextManager[Any]:
+        """What runs around the app for the session: the adapter's lifespan, else none."""
+        return nullcontext() if self.lifespan is None else self.lifespan(app)
+
+
+def app_lifespan(app: Any) -> AbstractAsyncContextManager[Any]:
+    """The app's own lifespan, as a server runs it (Starlette's, and so FastAPI's); none for an
+    app that is not a Starlette one."""
+    own = getattr(getattr(app, "router", None), "lifespan_context", None)
+    return nullcontext() if own is None else own(app)
 
 
 def load_adapter(project: Project) -> AppAdapter:
@@ -76,12 +94,20 @@ def load_adapter(project: Project) -> AppAdapter:
             f"{project.adapter}.metadata is a {type(module.metadata).__name__}, not a "
             "sqlalchemy MetaData; fix: metadata = Base.metadata"
         )
+    lifespan = getattr(module, "lifespan", app_lifespan)
+    if lifespan is not None and not callable(lifespan):
+        raise AdapterError(
+            f"{project.adapter}.lifespan is a {type(lifespan).__name__}, not a function.\n"
+            "  fix:  make it one that takes the app and returns an async context manager "
+            "(@asynccontextmanager), or set it to None to run no lifespan"
+        )
     return AppAdapter(
         module=module,
         metadata=module.metadata,
         create_app=module.create_app,
         session_dependency=module.session_dependency,
         app_environment=getattr(module, "app_environment", None),
+        lifespan=lifespan,
     )
 
 

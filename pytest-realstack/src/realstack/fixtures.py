@@ -7,7 +7,7 @@ adapter (adapter.py); the S3 fixtures live in s3_fixtures.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -18,7 +18,7 @@ import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncTransaction
 
 from .adapter import AdapterError, AppAdapter, check_session_dependency
-from .clients import asgi_client, requests_served
+from .clients import asgi_client, requests_served, serve_lifespan_state
 from .config import HarnessConfig, RunTargets
 from .engines import create_test_engine
 from .isolation import end_test_transaction, joined_session
@@ -284,20 +284,29 @@ async def _session_app(
     run_targets: RunTargets,
     _migrated: tuple[AsyncEngine, Baseline],
 ) -> AsyncIterator[Any]:
+    """The app, around which its lifespan (or the adapter's) runs once for the session, as
+    uvicorn would run it: start-up before the first test, shut-down after the last."""
     app = app_adapter.create_app(run_targets)
     try:
         check_session_dependency(app_adapter, app)
     except AdapterError as exc:
         stop_run(request.config, str(exc))
-    lifespan = getattr(getattr(app, "router", None), "lifespan_context", None)
-    if lifespan is None:
-        yield app
-        return
-    async with lifespan(app):  # what uvicorn would run: the app's start-up and shut-down
-        engine, baseline = _migrated
-        async with engine.connect() as conn:  # what the start-up wrote is the new normal
-            await baseline.take(conn)
-        yield app
+    async with app_adapter.lifespan_for(app) as state:
+        if state is not None and not isinstance(state, Mapping):
+            stop_run(
+                request.config,
+                f"the lifespan of {app_adapter.module.__name__}'s app yielded a "
+                f"{type(state).__name__}; fix: yield a dict (the lifespan state each request "
+                "gets a copy of as request.state), or nothing",
+            )
+        serve_lifespan_state(app, state or {})
+        try:
+            engine, baseline = _migrated
+            async with engine.connect() as conn:  # what the start-up wrote is the new normal
+                await baseline.take(conn)
+            yield app
+        finally:
+            serve_lifespan_state(app, None)
 
 
 @pytest.fixture
@@ -311,9 +320,11 @@ def app(
 
     HTTP calls use the test's `db_session` (a dependency override), so they see and roll back
     the same data as the test; concurrent requests take turns on it. Under real_commits the
-    app uses its own engine and commits for real.
+    app uses its own engine and commits for real. After the test, the app's overrides are
+    put back as they were (the adapter's own stay).
     """
     overrides: dict[Any, Any] = _session_app.dependency_overrides
+    before = dict(overrides)
     if not real_commits(request):
         # One AsyncSession serves one request at a time; gather() in a test must not interleave.
         turn = asyncio.Lock()
@@ -327,6 +338,7 @@ def app(
         yield _session_app
     finally:
         overrides.clear()
+        overrides.update(before)
 
 
 @pytest.fixture
