@@ -4,8 +4,10 @@ The core asks it for exactly these, and for nothing else:
 
     metadata                   the models' sqlalchemy MetaData (drift check, real-commit cleanup)
     create_app(run)            the ASGI app for a RunTargets (database URL, schema, bucket)
-    session_dependency         the FastAPI dependency that yields the request's AsyncSession;
-                               tests replace it with the test's session
+    session_dependency         the FastAPI dependency that yields the request's AsyncSession
+                               (or sessionmaker); tests replace it with the test's own
+    session_dependency_yields  optional: "session" (the default) or "sessionmaker", when the
+                               dependency yields an async_sessionmaker (`maker.begin()`)
     lifespan                   optional: the lifespan run once per session (per xdist worker)
                                around the app, instead of the app's own: lifespan(app) is an
                                async context manager yielding a dict (the lifespan state every
@@ -20,12 +22,13 @@ pytest plugin, so the app's tests can ask for it.
 from __future__ import annotations
 
 import importlib
+import inspect
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 from sqlalchemy import MetaData
 
@@ -34,6 +37,7 @@ from .project import Project
 
 REQUIRED = ("metadata", "create_app", "session_dependency")
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
+SessionShape = Literal["session", "sessionmaker"]
 
 
 class AdapterError(Exception):
@@ -48,6 +52,7 @@ class AppAdapter:
     session_dependency: Callable[..., Any]
     app_environment: Callable[[RunTargets], Mapping[str, str]] | None
     lifespan: Lifespan | None  # app_lifespan unless the adapter names one, or None
+    session_dependency_yields: SessionShape
 
     def environment_for(self, run: RunTargets) -> dict[str, str]:
         if self.app_environment is None:
@@ -101,6 +106,14 @@ def load_adapter(project: Project) -> AppAdapter:
             "  fix:  make it one that takes the app and returns an async context manager "
             "(@asynccontextmanager), or set it to None to run no lifespan"
         )
+    shape = getattr(module, "session_dependency_yields", "session")
+    if shape not in get_args(SessionShape):
+        raise AdapterError(
+            f"{project.adapter}.session_dependency_yields is {shape!r}.\n"
+            f"  fix:  set it to {' or '.join(map(repr, get_args(SessionShape)))}: what "
+            "session_dependency yields (an AsyncSession, or an async_sessionmaker)"
+        )
+    _check_session_shape(project.adapter, module.session_dependency, shape)
     return AppAdapter(
         module=module,
         metadata=module.metadata,
@@ -108,7 +121,31 @@ def load_adapter(project: Project) -> AppAdapter:
         session_dependency=module.session_dependency,
         app_environment=getattr(module, "app_environment", None),
         lifespan=lifespan,
+        session_dependency_yields=cast(SessionShape, shape),  # checked above
     )
+
+
+def _check_session_shape(adapter: str, dependency: Any, shape: str) -> None:
+    """A dependency annotated to yield the other shape than the adapter declares would fail in
+    the first request (`'AsyncSessionTransaction' object has no attribute ...`): say so now."""
+    try:
+        returns = str(inspect.get_annotations(dependency).get("return", ""))
+    except TypeError:  # not a function we can read: nothing to check
+        return
+    if "sessionmaker" in returns:
+        annotated = "sessionmaker"
+    elif "AsyncSession" in returns:
+        annotated = "session"
+    else:
+        return
+    if annotated != shape:
+        name = getattr(dependency, "__qualname__", repr(dependency))
+        raise AdapterError(
+            f"{adapter}.session_dependency ({name}) yields {returns!r}, but the adapter "
+            f"declares session_dependency_yields = {shape!r}: the tests would hand the app "
+            "the wrong kind of object.\n"
+            f'  fix:  session_dependency_yields = "{annotated}" in {adapter}'
+        )
 
 
 def _import_failure(project: Project, exc: BaseException) -> str:
@@ -154,5 +191,5 @@ def check_session_dependency(adapter: AppAdapter, app: Any) -> None:
             "depends on: the tests could not hand their session to the app, and its writes "
             "would escape the test's transaction.\n"
             "  fix:  set it to the FastAPI dependency your routes use to get their AsyncSession "
-            "(e.g. session_dependency = get_session)"
+            "or async_sessionmaker (e.g. session_dependency = get_session)"
         )

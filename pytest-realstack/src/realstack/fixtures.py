@@ -15,13 +15,19 @@ from typing import Any, NoReturn
 import httpx
 import pytest
 import pytest_asyncio
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncTransaction
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    AsyncTransaction,
+    async_sessionmaker,
+)
 
 from .adapter import AdapterError, AppAdapter, check_session_dependency
 from .clients import asgi_client, requests_served, serve_lifespan_state
 from .config import HarnessConfig, RunTargets
 from .engines import create_test_engine
-from .isolation import end_test_transaction, joined_session
+from .isolation import end_test_transaction, joined_session, joined_sessionmaker
 from .janitor import RunStore, run_store
 from .leaks import Baseline, undo_leftovers
 from .migrations import MigrationError, prepare
@@ -224,6 +230,17 @@ def db_session(_after_db_test: HeldConnection) -> AsyncSession:
     return session
 
 
+@pytest.fixture
+def db_sessionmaker(_after_db_test: HeldConnection) -> async_sessionmaker[AsyncSession]:
+    """The test's sessionmaker: each session it makes is one like `db_session`, in the test's
+    rolled-back transaction (a plain one under real_commits). They share the test's one
+    connection: use them one at a time."""
+    held = _after_db_test
+    if held.outer is None:
+        return async_sessionmaker(held.conn.engine, expire_on_commit=False)
+    return joined_sessionmaker(held.conn)
+
+
 def empty_bucket_if_used(request: pytest.FixtureRequest, served_before: int) -> None:
     """Empty the run's bucket after a test that could have written to it: it made the app
     serve a request, or it used s3_client. Other tests pay nothing."""
@@ -318,7 +335,8 @@ def app(
 ) -> Iterator[Any]:
     """The app under test, built by the adapter for this run.
 
-    HTTP calls use the test's `db_session` (a dependency override), so they see and roll back
+    HTTP calls use the test's `db_session` (or, for an adapter whose dependency yields a
+    sessionmaker, `db_sessionmaker`) through a dependency override, so they see and roll back
     the same data as the test; concurrent requests take turns on it. Under real_commits the
     app uses its own engine and commits for real. After the test, the app's overrides are
     put back as they were (the adapter's own stay).
@@ -326,12 +344,15 @@ def app(
     overrides: dict[Any, Any] = _session_app.dependency_overrides
     before = dict(overrides)
     if not real_commits(request):
-        # One AsyncSession serves one request at a time; gather() in a test must not interleave.
+        given: Any = db_session
+        if app_adapter.session_dependency_yields == "sessionmaker":
+            given = request.getfixturevalue("db_sessionmaker")
+        # One connection serves one request at a time; gather() in a test must not interleave.
         turn = asyncio.Lock()
 
-        async def _test_session() -> AsyncIterator[AsyncSession]:
+        async def _test_session() -> AsyncIterator[Any]:
             async with turn:
-                yield db_session
+                yield given
 
         overrides[app_adapter.session_dependency] = _test_session
     try:
