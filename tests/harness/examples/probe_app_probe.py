@@ -3,6 +3,7 @@ nested run: lifespan state in requests, the adapter's overrides, a sessionmaker 
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -65,6 +66,18 @@ async def test_its_writes_are_gone_in_the_next_test(
 ) -> None:
     assert (await client.get("/notes")).json() == []
     assert await count_notes(db_session) == 0
+
+
+async def test_gathered_requests_take_turns_on_the_tests_sessionmaker(
+    client: httpx.AsyncClient, db_session: AsyncSession
+) -> None:
+    posts = [client.post("/notes", json={"title": f"n{i}"}) for i in range(5)]
+    reads = [client.get("/notes") for _ in range(5)]
+
+    responses = await asyncio.gather(*posts, *reads)
+
+    assert [r.status_code for r in responses] == [201] * 5 + [200] * 5
+    assert await count_notes(db_session) == 5
 
 
 async def test_the_tests_sessionmaker_shares_the_apps_transaction(

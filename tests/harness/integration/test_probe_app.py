@@ -105,6 +105,7 @@ def test_a_sessionmaker_dependency_writes_in_the_tests_rolled_back_transaction(
     assert probe_runs.app.passed(
         "test_a_sessionmaker_dependency_writes_in_the_tests_transaction",
         "test_its_writes_are_gone_in_the_next_test",
+        "test_gathered_requests_take_turns_on_the_tests_sessionmaker",
         "test_the_tests_sessionmaker_shares_the_apps_transaction",
     ), probe_runs.app.output
 
