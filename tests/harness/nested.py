@@ -71,18 +71,23 @@ async def run_nested_pytest(
     *,
     run_id: str,
     env: Mapping[str, str] | None = None,
+    project: Project | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`pytest -c <this tier's pyproject> ARGS` from the repo root, on this run's services,
-    under its own run id; `env` is applied last (it may name other services)."""
-    project = config.project
-    child_env = clean_environment(project) | service_environment(config)
-    child_env |= {project.run_id_variable: run_id, **(env or {})}
-    argv = [sys.executable, "-m", "pytest", "-c", str(TIER_CONFIG), "-p", "no:cacheprovider"]
+    under its own run id; `env` is applied last (it may name other services). With `project`,
+    that project's run instead, from its root."""
+    child = project or config.project
+    child_env = clean_environment(config.project, child) | service_environment(config)
+    child_env |= {child.run_id_variable: run_id, **(env or {})}
+    ini, cwd = (
+        (TIER_CONFIG, REPO_ROOT) if project is None else (child.root / "pyproject.toml", child.root)
+    )
+    argv = [sys.executable, "-m", "pytest", "-c", str(ini), "-p", "no:cacheprovider"]
     return await asyncio.to_thread(
         subprocess.run,
         [*argv, *args],
         env=child_env,
-        cwd=REPO_ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=NESTED_TIMEOUT_S,

@@ -4,8 +4,14 @@ The core asks it for exactly these, and for nothing else:
 
     metadata                   the models' sqlalchemy MetaData (drift check, real-commit cleanup)
     create_app(run)            the ASGI app for a RunTargets (database URL, schema, bucket)
-    session_dependency         the FastAPI dependency that yields the request's AsyncSession;
-                               tests replace it with the test's session
+    session_dependency         the FastAPI dependency that yields the request's AsyncSession
+                               (or sessionmaker); tests replace it with the test's own
+    session_dependency_yields  optional: "session" (the default) or "sessionmaker", when the
+                               dependency yields an async_sessionmaker (`maker.begin()`)
+    lifespan                   optional: the lifespan run once per session (per xdist worker)
+                               around the app, instead of the app's own: lifespan(app) is an
+                               async context manager yielding a dict (the lifespan state every
+                               request gets a copy of) or nothing; None runs no lifespan
     app_environment(run)       optional: the app's own variables for a server process
                                (make dev, load tests), e.g. {"DATABASE_URL": ...}
 
@@ -16,11 +22,13 @@ pytest plugin, so the app's tests can ask for it.
 from __future__ import annotations
 
 import importlib
+import inspect
 import traceback
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 from sqlalchemy import MetaData
 
@@ -28,6 +36,8 @@ from .config import RunTargets
 from .project import Project
 
 REQUIRED = ("metadata", "create_app", "session_dependency")
+Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
+SessionShape = Literal["session", "sessionmaker"]
 
 
 class AdapterError(Exception):
@@ -41,6 +51,8 @@ class AppAdapter:
     create_app: Callable[[RunTargets], Any]
     session_dependency: Callable[..., Any]
     app_environment: Callable[[RunTargets], Mapping[str, str]] | None
+    lifespan: Lifespan | None  # app_lifespan unless the adapter names one, or None
+    session_dependency_yields: SessionShape
 
     def environment_for(self, run: RunTargets) -> dict[str, str]:
         if self.app_environment is None:
@@ -49,6 +61,17 @@ class AppAdapter:
                 "your app's own variables (e.g. its database URL) for a server process"
             )
         return dict(self.app_environment(run))
+
+    def lifespan_for(self, app: Any) -> AbstractAsyncContextManager[Any]:
+        """What runs around the app for the session: the adapter's lifespan, else none."""
+        return nullcontext() if self.lifespan is None else self.lifespan(app)
+
+
+def app_lifespan(app: Any) -> AbstractAsyncContextManager[Any]:
+    """The app's own lifespan, as a server runs it (Starlette's, and so FastAPI's); none for an
+    app that is not a Starlette one."""
+    own = getattr(getattr(app, "router", None), "lifespan_context", None)
+    return nullcontext() if own is None else own(app)
 
 
 def load_adapter(project: Project) -> AppAdapter:
@@ -76,13 +99,53 @@ def load_adapter(project: Project) -> AppAdapter:
             f"{project.adapter}.metadata is a {type(module.metadata).__name__}, not a "
             "sqlalchemy MetaData; fix: metadata = Base.metadata"
         )
+    lifespan = getattr(module, "lifespan", app_lifespan)
+    if lifespan is not None and not callable(lifespan):
+        raise AdapterError(
+            f"{project.adapter}.lifespan is a {type(lifespan).__name__}, not a function.\n"
+            "  fix:  make it one that takes the app and returns an async context manager "
+            "(@asynccontextmanager), or set it to None to run no lifespan"
+        )
+    shape = getattr(module, "session_dependency_yields", "session")
+    if shape not in get_args(SessionShape):
+        raise AdapterError(
+            f"{project.adapter}.session_dependency_yields is {shape!r}.\n"
+            f"  fix:  set it to {' or '.join(map(repr, get_args(SessionShape)))}: what "
+            "session_dependency yields (an AsyncSession, or an async_sessionmaker)"
+        )
+    _check_session_shape(project.adapter, module.session_dependency, shape)
     return AppAdapter(
         module=module,
         metadata=module.metadata,
         create_app=module.create_app,
         session_dependency=module.session_dependency,
         app_environment=getattr(module, "app_environment", None),
+        lifespan=lifespan,
+        session_dependency_yields=cast(SessionShape, shape),  # checked above
     )
+
+
+def _check_session_shape(adapter: str, dependency: Any, shape: str) -> None:
+    """A dependency annotated to yield the other shape than the adapter declares would fail in
+    the first request (`'AsyncSessionTransaction' object has no attribute ...`): say so now."""
+    try:
+        returns = str(inspect.get_annotations(dependency).get("return", ""))
+    except TypeError:  # not a function we can read: nothing to check
+        return
+    if "sessionmaker" in returns:
+        annotated = "sessionmaker"
+    elif "AsyncSession" in returns:
+        annotated = "session"
+    else:
+        return
+    if annotated != shape:
+        name = getattr(dependency, "__qualname__", repr(dependency))
+        raise AdapterError(
+            f"{adapter}.session_dependency ({name}) yields {returns!r}, but the adapter "
+            f"declares session_dependency_yields = {shape!r}: the tests would hand the app "
+            "the wrong kind of object.\n"
+            f'  fix:  session_dependency_yields = "{annotated}" in {adapter}'
+        )
 
 
 def _import_failure(project: Project, exc: BaseException) -> str:
@@ -128,5 +191,5 @@ def check_session_dependency(adapter: AppAdapter, app: Any) -> None:
             "depends on: the tests could not hand their session to the app, and its writes "
             "would escape the test's transaction.\n"
             "  fix:  set it to the FastAPI dependency your routes use to get their AsyncSession "
-            "(e.g. session_dependency = get_session)"
+            "or async_sessionmaker (e.g. session_dependency = get_session)"
         )

@@ -7,7 +7,7 @@ adapter (adapter.py); the S3 fixtures live in s3_fixtures.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -15,13 +15,19 @@ from typing import Any, NoReturn
 import httpx
 import pytest
 import pytest_asyncio
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncTransaction
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    AsyncTransaction,
+    async_sessionmaker,
+)
 
 from .adapter import AdapterError, AppAdapter, check_session_dependency
-from .clients import asgi_client, requests_served
+from .clients import asgi_client, requests_served, serve_lifespan_state
 from .config import HarnessConfig, RunTargets
 from .engines import create_test_engine
-from .isolation import end_test_transaction, joined_session
+from .isolation import end_test_transaction, joined_session, joined_sessionmaker
 from .janitor import RunStore, run_store
 from .leaks import Baseline, undo_leftovers
 from .migrations import MigrationError, prepare
@@ -224,6 +230,17 @@ def db_session(_after_db_test: HeldConnection) -> AsyncSession:
     return session
 
 
+@pytest.fixture
+def db_sessionmaker(_after_db_test: HeldConnection) -> async_sessionmaker[AsyncSession]:
+    """The test's sessionmaker: each session it makes is one like `db_session`, in the test's
+    rolled-back transaction (a plain one under real_commits). They share the test's one
+    connection: use them one at a time."""
+    held = _after_db_test
+    if held.outer is None:
+        return async_sessionmaker(held.conn.engine, expire_on_commit=False)
+    return joined_sessionmaker(held.conn)
+
+
 def empty_bucket_if_used(request: pytest.FixtureRequest, served_before: int) -> None:
     """Empty the run's bucket after a test that could have written to it: it made the app
     serve a request, or it used s3_client. Other tests pay nothing."""
@@ -284,20 +301,29 @@ async def _session_app(
     run_targets: RunTargets,
     _migrated: tuple[AsyncEngine, Baseline],
 ) -> AsyncIterator[Any]:
+    """The app, around which its lifespan (or the adapter's) runs once for the session, as
+    uvicorn would run it: start-up before the first test, shut-down after the last."""
     app = app_adapter.create_app(run_targets)
     try:
         check_session_dependency(app_adapter, app)
     except AdapterError as exc:
         stop_run(request.config, str(exc))
-    lifespan = getattr(getattr(app, "router", None), "lifespan_context", None)
-    if lifespan is None:
-        yield app
-        return
-    async with lifespan(app):  # what uvicorn would run: the app's start-up and shut-down
-        engine, baseline = _migrated
-        async with engine.connect() as conn:  # what the start-up wrote is the new normal
-            await baseline.take(conn)
-        yield app
+    async with app_adapter.lifespan_for(app) as state:
+        if state is not None and not isinstance(state, Mapping):
+            stop_run(
+                request.config,
+                f"the lifespan of {app_adapter.module.__name__}'s app yielded a "
+                f"{type(state).__name__}; fix: yield a dict (the lifespan state each request "
+                "gets a copy of as request.state), or nothing",
+            )
+        serve_lifespan_state(app, state or {})
+        try:
+            engine, baseline = _migrated
+            async with engine.connect() as conn:  # what the start-up wrote is the new normal
+                await baseline.take(conn)
+            yield app
+        finally:
+            serve_lifespan_state(app, None)
 
 
 @pytest.fixture
@@ -309,24 +335,31 @@ def app(
 ) -> Iterator[Any]:
     """The app under test, built by the adapter for this run.
 
-    HTTP calls use the test's `db_session` (a dependency override), so they see and roll back
+    HTTP calls use the test's `db_session` (or, for an adapter whose dependency yields a
+    sessionmaker, `db_sessionmaker`) through a dependency override, so they see and roll back
     the same data as the test; concurrent requests take turns on it. Under real_commits the
-    app uses its own engine and commits for real.
+    app uses its own engine and commits for real. After the test, the app's overrides are
+    put back as they were (the adapter's own stay).
     """
     overrides: dict[Any, Any] = _session_app.dependency_overrides
+    before = dict(overrides)
     if not real_commits(request):
-        # One AsyncSession serves one request at a time; gather() in a test must not interleave.
+        given: Any = db_session
+        if app_adapter.session_dependency_yields == "sessionmaker":
+            given = request.getfixturevalue("db_sessionmaker")
+        # One connection serves one request at a time; gather() in a test must not interleave.
         turn = asyncio.Lock()
 
-        async def _test_session() -> AsyncIterator[AsyncSession]:
+        async def _test_session() -> AsyncIterator[Any]:
             async with turn:
-                yield db_session
+                yield given
 
         overrides[app_adapter.session_dependency] = _test_session
     try:
         yield _session_app
     finally:
         overrides.clear()
+        overrides.update(before)
 
 
 @pytest.fixture

@@ -11,14 +11,27 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncTransaction
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    AsyncTransaction,
+    async_sessionmaker,
+)
 
 from .janitor import StoreJanitor
 
 
+def joined_sessionmaker(conn: AsyncConnection) -> async_sessionmaker[AsyncSession]:
+    """Sessions on `conn`'s outer transaction, whose own commits become SAVEPOINT releases."""
+    return async_sessionmaker(
+        bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False
+    )
+
+
 def joined_session(conn: AsyncConnection) -> AsyncSession:
     """A session on `conn`'s outer transaction, whose own commits become SAVEPOINT releases."""
-    return AsyncSession(bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False)
+    return joined_sessionmaker(conn)()
 
 
 async def end_test_transaction(
