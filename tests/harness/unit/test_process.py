@@ -167,7 +167,8 @@ def test_a_lock_whose_file_its_holder_replaced_is_not_held_twice(
     import fcntl
 
     path = tmp_path / "x.lock"
-    real_flock, other = fcntl.flock, []
+    real_flock = fcntl.flock
+    other: list[int] = []
 
     def replaced_meanwhile(fd: int, operation: int) -> None:
         if not other:  # between our open() and flock(): unlinked, and a new one taken
