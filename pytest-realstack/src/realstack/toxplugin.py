@@ -99,8 +99,9 @@ def _watch_for_interrupt(tox_env: ToxEnv, names: set[str], done: threading.Event
 def _tox_docker_mark(tox_env: ToxEnv) -> ToxDockerMark:
     """What tox-docker put into the env's set_env for each of its containers (tox_docker's
     get_env_vars): the host variable and one variable per `expose` entry."""
+    # tox_docker.tox4 is a stale copy the 5.0.0 wheel ships; the plugin is tox_docker.plugin.
+    from tox_docker.config import parse_container_config
     from tox_docker.plugin import get_host_env_var
-    from tox_docker.tox4.config import parse_container_config
 
     set_env = tox_env.conf["set_env"]
     containers = {}
