@@ -108,7 +108,9 @@ def _tox_docker_mark(tox_env: ToxEnv) -> ToxDockerMark:
     for docker_conf in tox_env.conf.load("docker"):
         container = parse_container_config(docker_conf)
         names = [get_host_env_var(container), *(port.env_var for port in container.expose)]
-        containers[container.runas_name] = {n: set_env.load(n) for n in names if n in set_env}
+        values = {n: set_env.load(n) for n in names if n in set_env}
+        if values:  # an entry without variables vouches for nothing
+            containers[container.runas_name] = values
     return ToxDockerMark.of(containers)
 
 
