@@ -45,7 +45,8 @@ def clean_environment(*projects: Project) -> dict[str, str]:
 
 def service_environment(config: HarnessConfig, *, with_s3: bool = True) -> dict[str, str]:
     """The resolved services as the variables tox-docker and the launcher give (POSTGRES_*),
-    so the child treats them as the same throwaway services, plus the S3 endpoint."""
+    plus the S3 endpoint. No tox hook marked them (TEST_TOX_DOCKER_SERVICES), so the child
+    inspects their database like one you named: it holds no tables but the runs' own."""
     parts = urlsplit(config.database_url)
     host = parts.hostname or ""
     env = {

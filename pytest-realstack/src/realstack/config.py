@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import contract, guard
 from .contract import S3Target
+from .guard import DatabaseOrigin
 from .project import Credentials, Project
 
 # How many times this process resolved the targets: the plugin does it once per process.
@@ -36,7 +37,10 @@ class HarnessConfig:
     database_url: str = field(repr=False)  # carries the password
     s3: S3Target | None
     run_id: str
-    explicit_database: bool  # TEST_DATABASE_URL: may be a real database, so it is inspected
+    # Who set the database's variables (guard.database_provenance): a URL you typed, or
+    # POSTGRES_* nobody vouches for, may be a real database, so it is inspected (safety.py).
+    database_origin: DatabaseOrigin
+    database_origin_detail: str
     keep_on_failure: bool
     allow_user_tables: bool
     # What each run (or xdist worker) gets of its own: "database" where the role may create
@@ -59,18 +63,26 @@ class HarnessConfig:
         fields = json.loads(text)
         s3 = S3Target(**fields.pop("s3")) if fields.get("s3") else None
         fields.pop("s3", None)
-        return cls(project=project, s3=s3, **fields)
+        origin = DatabaseOrigin(fields.pop("database_origin"))
+        return cls(project=project, s3=s3, database_origin=origin, **fields)
 
 
 def resolve_config(
-    project: Project, env: Mapping[str, str], *, run_id: str | None = None
+    project: Project,
+    env: Mapping[str, str],
+    *,
+    run_id: str | None = None,
+    published: Mapping[str, str] | None = None,
 ) -> HarnessConfig:
-    """Resolve and guard the targets; raises guard.GuardError or contract.ContractError."""
+    """Resolve and guard the targets; raises guard.GuardError or contract.ContractError.
+    `published`: what the harness's own services published (sources.find_services), merged
+    into `env` already; POSTGRES_* equal to theirs are trusted as throwaway servers."""
     global resolutions
     resolutions += 1
     allowed = contract.TEST_ALLOWED_HOSTS.value(env, project)
     database = contract.resolve_database(project, env)
     database_url = guard.check_database_target(project, database, allowed, env)
+    provenance = guard.database_provenance(project, env, published or {})
     s3 = None
     if project.uses_s3:
         s3 = contract.resolve_s3(project, env)
@@ -80,7 +92,8 @@ def resolve_config(
         database_url=database_url,
         s3=s3,
         run_id=run_id or env.get(project.run_id_variable, "").strip() or new_run_id(),
-        explicit_database=database.source == contract.TEST_DATABASE_URL.name,
+        database_origin=provenance.origin,
+        database_origin_detail=provenance.detail,
         keep_on_failure=contract.TEST_KEEP_ON_FAILURE.value(env, project),
         allow_user_tables=contract.TEST_ALLOW_USER_TABLES.value(env, project),
         test_timeout_s=contract.TEST_TIMEOUT.value(env, project),

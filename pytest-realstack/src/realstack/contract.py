@@ -8,6 +8,7 @@ Standard library only: it runs before collection.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -29,6 +30,7 @@ class SetBy(StrEnum):
     TOX_SET_ENV = "tox set_env, or the embedded launcher"
     USER = "you (optional override)"
     HARNESS = "the harness itself"
+    TOX_HOOK = "the harness's tox hook (toxfile.py), once tox-docker's containers are healthy"
 
 
 def _flag(raw: str) -> bool:
@@ -117,6 +119,55 @@ def _cache_dir(project: Project) -> str:
     return f"/var/tmp/{project.name}-harness-cache-{os.geteuid()}"
 
 
+_CONTAINER = re.compile(r"[\w.-]+-tox-(?P<pid>[0-9]+)")
+_ASSIGNMENT = re.compile(r"(?P<name>[A-Z0-9_]+)=(?P<value>\S+)")
+MARK_EXAMPLE = "postgres-tox-4242 POSTGRES_HOST=127.0.0.1 POSTGRES_PORT=32768"
+
+
+@dataclass(frozen=True)
+class ToxDockerMark:
+    """What the harness's tox hook saw tox-docker start for one tox run: each container's name
+    (`<name>-tox-<pid of tox>`, tox-docker's naming rule) and the variables tox-docker set for
+    it. As text: `NAME VAR=value VAR=value; NAME ...` (MARK_EXAMPLE)."""
+
+    containers: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+
+    @classmethod
+    def of(cls, containers: Mapping[str, Mapping[str, str]]) -> ToxDockerMark:
+        return cls(tuple((name, tuple(sorted(v.items()))) for name, v in containers.items()))
+
+    @classmethod
+    def parse(cls, raw: str) -> ToxDockerMark:
+        containers: dict[str, dict[str, str]] = {}
+        for entry in filter(None, (e.strip() for e in raw.split(";"))):
+            name, *assignments = entry.split()
+            found = [_ASSIGNMENT.fullmatch(a) for a in assignments]
+            if not _CONTAINER.fullmatch(name) or not found or not all(found):
+                raise ValueError(
+                    "is not what the harness's tox hook writes, e.g. "
+                    f"{MARK_EXAMPLE!r}; only that hook should set it"
+                )
+            containers[name] = {m["name"]: m["value"] for m in found if m}
+        if not containers:
+            raise ValueError(f"names no container, e.g. {MARK_EXAMPLE!r}")
+        return cls.of(containers)
+
+    def __str__(self) -> str:
+        return "; ".join(
+            " ".join([name, *(f"{k}={v}" for k, v in variables)])
+            for name, variables in self.containers
+        )
+
+    def container_with(self, values: Mapping[str, str]) -> tuple[str, int] | None:
+        """(name, pid of its tox run) of the container tox-docker set all of `values` for."""
+        for name, variables in self.containers:
+            if values.items() <= dict(variables).items():
+                match = _CONTAINER.fullmatch(name)
+                assert match is not None  # parse() and the hook write only such names
+                return name, int(match["pid"])
+        return None
+
+
 POSTGRES_HOST = _text("POSTGRES_HOST", SetBy.TOX_DOCKER, "host of the test PostgreSQL")
 POSTGRES_PORT = _text("POSTGRES_PORT", SetBy.TOX_DOCKER, "mapped port of the test PostgreSQL")
 MINIO_HOST = _text("MINIO_HOST", SetBy.TOX_DOCKER, "host of the test S3 server")
@@ -187,7 +238,8 @@ TEST_ALLOWED_HOSTS = Variable(
 TEST_ALLOW_USER_TABLES = Variable(
     "TEST_ALLOW_USER_TABLES",
     SetBy.USER,
-    "1: accept a TEST_DATABASE_URL whose database holds tables the harness did not create",
+    "1: accept a database you named (TEST_DATABASE_URL, or POSTGRES_* that no tox-docker run "
+    "of the harness marked) that holds tables the harness did not create",
     _flag,
     "0",
 )
@@ -198,6 +250,13 @@ TEST_REBUILD_TEMPLATE = Variable(
     "its template is built afresh (the migrations read a file template_inputs does not name)",
     _flag,
     "0",
+)
+TEST_TOX_DOCKER_SERVICES = Variable(
+    "TEST_TOX_DOCKER_SERVICES",
+    SetBy.TOX_HOOK,
+    "the containers tox-docker started for this tox run, and the host and port variables it set "
+    "for each; POSTGRES_* that it does not name are inspected like TEST_DATABASE_URL",
+    ToxDockerMark.parse,
 )
 PG_BINDIR = Variable(
     "PG_BINDIR", SetBy.USER, "embedded path: use these PostgreSQL binaries instead", Path
@@ -253,6 +312,7 @@ VARIABLES: tuple[Variable[object], ...] = (
     TEST_ALLOWED_HOSTS,
     TEST_ALLOW_USER_TABLES,
     TEST_REBUILD_TEMPLATE,
+    TEST_TOX_DOCKER_SERVICES,
     PG_BINDIR,
     TEST_SERVICES_TIMEOUT,
     TEST_TIMEOUT,

@@ -8,10 +8,21 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
 from urllib.parse import SplitResult, urlsplit
 
 from . import contract
-from .contract import TEST_ALLOWED_HOSTS, DatabaseTarget, S3Target
+from .contract import (
+    POSTGRES_HOST,
+    POSTGRES_PORT,
+    TEST_ALLOWED_HOSTS,
+    TEST_DATABASE_URL,
+    TEST_TOX_DOCKER_SERVICES,
+    DatabaseTarget,
+    S3Target,
+)
+from .process import pid_alive
 from .project import Project
 
 REQUIRED_SCHEME = "postgresql+asyncpg"
@@ -40,6 +51,57 @@ def mask_url(url: str) -> str:
     userinfo, _, hostinfo = parts.netloc.rpartition("@")
     user = userinfo.split(":", 1)[0]
     return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
+
+
+class DatabaseOrigin(StrEnum):
+    """Who set the variables the run's database came from. The harness's own services and
+    tox-docker's containers are throwaway servers; a URL you typed, or POSTGRES_* from anywhere
+    else (a docker-compose .env, a shell profile), may name a real database."""
+
+    EXPLICIT = "TEST_DATABASE_URL"
+    SERVICES = "the harness's own services"
+    TOX_DOCKER = "tox-docker"
+    UNMARKED = "POSTGRES_* variables"
+
+    @property
+    def inspected(self) -> bool:
+        """Refused when its database holds tables the harness did not create (safety.py)."""
+        return self in {DatabaseOrigin.EXPLICIT, DatabaseOrigin.UNMARKED}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    origin: DatabaseOrigin
+    detail: str  # in words, for messages: which container, or why nothing vouches for them
+
+
+def database_provenance(
+    project: Project, env: Mapping[str, str], published: Mapping[str, str]
+) -> Provenance:
+    """Where the database target of `env` came from. `published` holds what the harness's own
+    services published (sources.find_services: the launcher's ready file, the warm services
+    file); POSTGRES_HOST/POSTGRES_PORT equal to theirs came from them. Otherwise only the mark
+    of the harness's tox hook vouches for them, when it names a container with exactly these
+    values whose tox run is still alive (a mark left in a shell, or copied, does not)."""
+    if TEST_DATABASE_URL.get(env, project) is not None:
+        return Provenance(DatabaseOrigin.EXPLICIT, "you set it")
+    endpoint = {v.name: v.raw(env, project) or "" for v in (POSTGRES_HOST, POSTGRES_PORT)}
+    if published and all(published.get(name) == value for name, value in endpoint.items()):
+        return Provenance(DatabaseOrigin.SERVICES, "the embedded launcher's or warm services")
+    shown = " ".join(f"{name}={value}" for name, value in endpoint.items())
+    mark_name = TEST_TOX_DOCKER_SERVICES.name
+    mark = TEST_TOX_DOCKER_SERVICES.get(env, project)
+    if mark is None:
+        return Provenance(DatabaseOrigin.UNMARKED, f"{mark_name} is unset")
+    found = mark.container_with(endpoint)
+    if found is None:
+        why = f"{mark_name} names no container with {shown} (it says {str(mark)!r})"
+        return Provenance(DatabaseOrigin.UNMARKED, why)
+    container, tox_pid = found
+    if not pid_alive(tox_pid):
+        why = f"{mark_name} names {container}, but its tox run (pid {tox_pid}) has ended"
+        return Provenance(DatabaseOrigin.UNMARKED, why)
+    return Provenance(DatabaseOrigin.TOX_DOCKER, f"tox-docker's container {container}")
 
 
 def _missing_database_message(project: Project, env: Mapping[str, str]) -> str:

@@ -163,14 +163,14 @@ def _resolve(
 
     env = dict(os.environ)
     try:
-        env |= find_services(
+        published = find_services(
             project,
             env,
             add_cleanup=add_cleanup,
             before_wait=_import_fixtures,
             tell=lambda line: _tell(config, line),
         )
-        return resolve_config(project, env)
+        return resolve_config(project, env | published, published=published)
     except KeyboardInterrupt:
         raise _Refusal(
             "interrupted while the services started; nothing was left running",

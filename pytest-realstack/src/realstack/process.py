@@ -45,6 +45,18 @@ def start_time(pid: int) -> float | None:
         return None
 
 
+def pid_alive(pid: int) -> bool:
+    """A process with this pid exists (perhaps another user's). Standard library only: the
+    guard and the Makefile's Docker check ask it without psutil."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def is_same_process(pid: int, started: float) -> bool:
     """True while the process that had this pid and start time runs (a zombie counts, until it
     is reaped). A start time in clock ticks, written before psutil, only checks the pid."""

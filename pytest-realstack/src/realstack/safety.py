@@ -2,20 +2,32 @@
 each run gets its own) or at least schemas (then a schema per run), and does a database you
 named yourself hold tables the harness did not create?
 
-URLs built from tox-docker's or the embedded launcher's variables point at throwaway servers;
-an explicit TEST_DATABASE_URL may point at someone's real database, so it is inspected.
+URLs built from the variables of tox-docker's containers (as the harness's tox hook marked them)
+or of the harness's own services point at throwaway servers; a TEST_DATABASE_URL, or POSTGRES_*
+variables from anywhere else (a docker-compose .env), may point at someone's real database, so
+it is inspected (guard.database_provenance decides which is which).
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
 from .config import HarnessConfig
-from .contract import TEST_ALLOW_USER_TABLES, TEST_DATABASE_URL
-from .guard import HOW_TO_START, GuardError, mask_url
+from .contract import (
+    POSTGRES_DB,
+    POSTGRES_HOST,
+    POSTGRES_PASSWORD,
+    POSTGRES_PORT,
+    POSTGRES_USER,
+    TEST_ALLOW_USER_TABLES,
+    TEST_DATABASE_URL,
+    TEST_TOX_DOCKER_SERVICES,
+)
+from .guard import HOW_TO_START, DatabaseOrigin, GuardError, mask_url
 from .project import Project
 from .stamps import Stamp
 
@@ -61,7 +73,8 @@ async def inspect_server(project: Project, url: str) -> ServerFacts:
 
 
 def _unreachable(config: HarnessConfig, error: BaseException) -> GuardError:
-    source = TEST_DATABASE_URL.name if config.explicit_database else "the test database"
+    explicit = config.database_origin is DatabaseOrigin.EXPLICIT
+    source = TEST_DATABASE_URL.name if explicit else "the test database"
     return GuardError(
         "\n".join(
             [
@@ -72,6 +85,51 @@ def _unreachable(config: HarnessConfig, error: BaseException) -> GuardError:
             ]
         )
     )
+
+
+def _postgres_variables(url: str) -> str:
+    """The POSTGRES_* values the URL was built from (contract.resolve_database), password
+    masked."""
+    parts = urlsplit(url)
+    values = {
+        POSTGRES_HOST.name: parts.hostname or "",
+        POSTGRES_PORT.name: str(parts.port or ""),
+        POSTGRES_USER.name: unquote(parts.username or ""),
+        POSTGRES_DB.name: unquote(parts.path.lstrip("/")),
+    }
+    shown = [f"{name}={value!r}" for name, value in values.items()]
+    return " ".join([*shown[:3], f"{POSTGRES_PASSWORD.name}='***'", shown[3]])
+
+
+def _user_tables_message(config: HarnessConfig, tables: list[str]) -> str:
+    more = " ..." if len(tables) > SHOWN_TABLES else ""
+    lines = [
+        "Integration tests refuse a database that holds tables they did not create "
+        f"({len(tables)}: {', '.join(tables[:SHOWN_TABLES])}{more})."
+    ]
+    if config.database_origin is DatabaseOrigin.EXPLICIT:
+        lines += [
+            f"  got:  {TEST_DATABASE_URL.name}={mask_url(config.database_url)!r}",
+            "  why:  it looks like a real database; the tests create and drop things beside it.",
+            f"  fix:  point {TEST_DATABASE_URL.name} at an empty test database, or unset it. "
+            f"{HOW_TO_START}",
+        ]
+    else:
+        lines += [
+            f"  got:  {_postgres_variables(config.database_url)}",
+            "  why:  they did not come from the harness's own services nor from tox-docker's "
+            f"containers ({config.database_origin_detail}); POSTGRES_* set elsewhere (a "
+            "docker-compose .env, a shell profile) may name a real database.",
+            f"  fix:  unset {POSTGRES_HOST.name} and {POSTGRES_PORT.name}, or point them at an "
+            f"empty test database. {HOW_TO_START}",
+            "        With tox-docker, run the tests through tox: the harness's tox hook "
+            f"(toxfile.py) marks its containers in {TEST_TOX_DOCKER_SERVICES.name}.",
+        ]
+    lines.append(
+        f"        If you are sure, set {TEST_ALLOW_USER_TABLES.name}=1 "
+        "(the tests still touch only what they stamped)."
+    )
+    return "\n".join(lines)
 
 
 def choose_per_run(config: HarnessConfig, report: list[str]) -> str:
@@ -94,24 +152,8 @@ def choose_per_run(config: HarnessConfig, report: list[str]) -> str:
                 ]
             )
         )
-    if config.explicit_database and facts.user_tables and not config.allow_user_tables:
-        tables = facts.user_tables
-        more = " ..." if len(tables) > SHOWN_TABLES else ""
-        raise GuardError(
-            "\n".join(
-                [
-                    "Integration tests refuse a database that holds tables they did not create "
-                    f"({len(tables)}: {', '.join(tables[:SHOWN_TABLES])}{more}).",
-                    f"  got:  TEST_DATABASE_URL={shown!r}",
-                    "  why:  it looks like a real database; the tests create and drop things "
-                    "beside it.",
-                    "  fix:  point TEST_DATABASE_URL at an empty test database, or unset it. "
-                    f"{HOW_TO_START}",
-                    f"        If you are sure, set {TEST_ALLOW_USER_TABLES.name}=1 "
-                    "(the tests still touch only what they stamped).",
-                ]
-            )
-        )
+    if config.database_origin.inspected and facts.user_tables and not config.allow_user_tables:
+        raise GuardError(_user_tables_message(config, facts.user_tables))
     if facts.can_create_databases:
         return "database"
     report.append(

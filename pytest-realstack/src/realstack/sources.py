@@ -21,10 +21,13 @@ def find_services(
     before_wait: Callable[[], None] | None = None,
     tell: Callable[[str], None] | None = None,
 ) -> dict[str, str]:
-    """The service variables to merge over `env`; {} when `env` names them already (or
-    nothing does: the guard then says what to set). `before_wait` runs while a launcher's
-    servers boot; `add_cleanup` receives the stop of servers started here; `tell` writes a line
-    for the person running the tests (default: stderr)."""
+    """The variables the harness's own services publish, to merge over `env` and to hand to
+    resolve_config as `published`; {} when `env` names other services (or nothing does: the
+    guard then says what to set). When `env` names this checkout's warm services already
+    (`run -- CMD` hands them to CMD), those of their variables it holds unchanged.
+    `before_wait` runs while a launcher's servers boot; `add_cleanup` receives the stop of
+    servers started here; `tell` writes a line for the person running the tests (default:
+    stderr)."""
     settings = embedded_settings(project, env)
     if env.get(project.ready_file_variable, "").strip():
         from .embedded.readiness import wait_for_services
@@ -32,9 +35,12 @@ def find_services(
         if before_wait:
             before_wait()
         return wait_for_services(settings, env)
-    if contract.TEST_DATABASE_URL.get(env, project) or contract.POSTGRES_PORT.get(env, project):
+    if contract.TEST_DATABASE_URL.get(env, project):
         return {}
-    from .embedded.warm import load_warm_services
+    from .embedded.warm import load_warm_services, warm_services_named
+
+    if contract.POSTGRES_PORT.get(env, project):
+        return warm_services_named(settings, env)
 
     warm = load_warm_services(settings, tell)
     if warm:
@@ -53,5 +59,5 @@ def resolve_for_tool(start: Path | None = None) -> HarnessConfig:
     `start` (default: the current directory), its services, guarded like a test run."""
     project = load_project(find_pyproject(start or Path.cwd()))
     env = dict(os.environ)
-    env |= find_services(project, env)
-    return resolve_config(project, env)
+    published = find_services(project, env)
+    return resolve_config(project, env | published, published=published)

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .process import pid_alive
+
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 # Seconds a call to the daemon may take (ping, version, image lookup), and a pull may go without
 # a word of progress: docker-py sends pulls with no timeout at all, so we watch them ourselves.
@@ -57,16 +59,6 @@ def _daemon_is_local() -> bool:
     return not os.environ.get("DOCKER_HOST", "unix://").startswith(("tcp://", "ssh://", "http"))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_containers(names: set[str]) -> list[str]:
     import docker
     from docker.errors import APIError
@@ -94,7 +86,7 @@ def remove_leftovers_of_dead_runs(container_names: list[str]) -> list[str]:
     dead = set()
     for container in docker.from_env().containers.list(all=True):
         match = pattern.match(container.name or "")
-        if match and not _pid_alive(int(match.group(2))):
+        if match and not pid_alive(int(match.group(2))):
             dead.add(container.name)
     return remove_containers(dead)
 

@@ -14,6 +14,9 @@ environment (`make tools` installs it there).
   cleanup runs instead of the process dying with its containers up.
 - The test credentials have one home, the [tool.harness] table (project.py): we export
   them, and tox.ini hands them to the containers and the tests.
+- Once the containers are healthy we mark what tox-docker passes (TEST_TOX_DOCKER_SERVICES:
+  each container and the variables it set for it), so the tests can tell its throwaway
+  servers from POSTGRES_* set elsewhere (a docker-compose .env), which they inspect.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from tox.report import HandledError
 from tox.tox_env.api import ToxEnv
 from tox.tox_env.errors import Fail
 
-from .contract import credential_variables
+from .contract import TEST_TOX_DOCKER_SERVICES, ToxDockerMark, credential_variables
 from .project import ProjectConfigError, find_pyproject, load_project
 from .toxdocker import docker_unreachable, remove_containers, remove_leftovers_of_dead_runs
 
@@ -93,6 +96,24 @@ def _watch_for_interrupt(tox_env: ToxEnv, names: set[str], done: threading.Event
             remove_containers(names)
 
 
+def _tox_docker_mark(tox_env: ToxEnv) -> ToxDockerMark:
+    """What tox-docker put into the env's set_env for each of its containers (tox_docker's
+    get_env_vars): the host variable and one variable per `expose` entry."""
+    # tox_docker.tox4 is a stale copy the 5.0.0 wheel ships; the plugin is tox_docker.plugin.
+    from tox_docker.config import parse_container_config
+    from tox_docker.plugin import get_host_env_var
+
+    set_env = tox_env.conf["set_env"]
+    containers = {}
+    for docker_conf in tox_env.conf.load("docker"):
+        container = parse_container_config(docker_conf)
+        names = [get_host_env_var(container), *(port.env_var for port in container.expose)]
+        values = {n: set_env.load(n) for n in names if n in set_env}
+        if values:  # an entry without variables vouches for nothing
+            containers[container.runas_name] = values
+    return ToxDockerMark.of(containers)
+
+
 @impl(wrapper=True, tryfirst=True)
 def tox_before_run_commands(tox_env: ToxEnv) -> Generator[None, None, None]:
     """Check the daemon before tox-docker starts anything; remove what it started if it fails."""
@@ -118,7 +139,10 @@ def tox_before_run_commands(tox_env: ToxEnv) -> Generator[None, None, None]:
     watcher = threading.Thread(target=_watch_for_interrupt, args=(tox_env, ours, done), daemon=True)
     watcher.start()
     try:
-        return (yield)
+        outcome = yield
+        set_env = tox_env.conf["set_env"]
+        set_env.update({TEST_TOX_DOCKER_SERVICES.name: str(_tox_docker_mark(tox_env))})
+        return outcome
     except BaseException as error:
         removed = remove_containers(ours)
         if getattr(tox_env, "_interrupted", False):

@@ -4,6 +4,7 @@ refuses a database that holds someone's tables, and keeps a failed run's state o
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -13,6 +14,7 @@ import pytest
 import pytest_asyncio
 from realstack.buckets import BucketJanitor, sweep_dead_buckets
 from realstack.config import HarnessConfig
+from realstack.contract import TEST_TOX_DOCKER_SERVICES, ToxDockerMark
 from realstack.engines import create_test_engine
 from realstack.janitor import DatabaseJanitor, drop_database
 from realstack.stamps import JanitorRefusal, RunNames, Stamp
@@ -31,7 +33,7 @@ from tests.harness.helpers import (
     names_for,
     run_leftovers,
 )
-from tests.harness.nested import EXAMPLES, run_nested_pytest
+from tests.harness.nested import EXAMPLES, run_nested_pytest, service_environment
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -194,6 +196,79 @@ async def test_a_database_with_user_tables_is_refused_before_any_test_and_left_u
     assert [tuple(r) for r in rows] == [(1, "ada"), (2, "grace")]
     assert schemas == []
     assert created == []  # no database of the run either
+
+
+async def _customers(database_url: str) -> list[tuple[object, ...]]:
+    dev = create_test_engine(database_url, None, poolclass=NullPool)
+    try:
+        async with dev.connect() as conn:
+            rows = await conn.execute(text("SELECT id, name FROM customers ORDER BY id"))
+            return [tuple(r) for r in rows.all()]
+    finally:
+        await dev.dispose()
+
+
+def _postgres_variables_for(config: HarnessConfig, database_url: str) -> dict[str, str]:
+    """POSTGRES_* naming `database_url`'s database, as a docker-compose .env would set them."""
+    return {**service_environment(config), "POSTGRES_DB": database_url.rsplit("/", 1)[1]}
+
+
+def _tox_hook_mark(env: dict[str, str], tox_pid: int) -> str:
+    """What the harness's tox hook writes once tox-docker's containers are up (toxplugin.py)."""
+    endpoint = {k: env[k] for k in ("POSTGRES_HOST", "POSTGRES_PORT")}
+    return str(ToxDockerMark.of({f"postgres-tox-{tox_pid}": endpoint}))
+
+
+@pytest.mark.parametrize("mark", ["none", "of an ended tox run"])
+async def test_postgres_variables_nobody_marked_are_refused_naming_them_and_the_fix(
+    harness_config: HarnessConfig,
+    admin: AsyncEngine,
+    dev_database: str,
+    run_names: RunNames,
+    mark: str,
+) -> None:
+    run_id = f"{run_names.run_id}_compose"
+    env = _postgres_variables_for(harness_config, dev_database)
+    if mark != "none":
+        env[TEST_TOX_DOCKER_SERVICES.name] = _tox_hook_mark(env, dead_pid())
+
+    result = await run_nested_pytest(harness_config, [FIXTURES_PROBE], run_id=run_id, env=env)
+
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
+    message = result.stderr
+    assert "refuse a database that holds tables they did not create" in message
+    assert "public.customers" in message
+    assert f"POSTGRES_PORT={env['POSTGRES_PORT']!r}" in message
+    assert f"POSTGRES_DB={env['POSTGRES_DB']!r}" in message
+    assert "POSTGRES_PASSWORD='***'" in message
+    assert env["POSTGRES_PASSWORD"] not in message
+    assert "unset POSTGRES_HOST and POSTGRES_PORT" in message
+    assert TEST_TOX_DOCKER_SERVICES.name in message
+    assert "TEST_ALLOW_USER_TABLES=1" in message
+    assert "Traceback" not in message
+    assert "collected" not in result.stdout
+    assert await _customers(dev_database) == [(1, "ada"), (2, "grace")]
+    assert await run_leftovers(admin, run_id) == []
+
+
+async def test_the_tox_hooks_mark_is_what_lets_postgres_variables_name_that_database(
+    harness_config: HarnessConfig, admin: AsyncEngine, dev_database: str, run_names: RunNames
+) -> None:
+    env = _postgres_variables_for(harness_config, dev_database)
+    # This process stands for tox: the mark names a live tox run, as tox-docker's names do.
+    marked = {**env, TEST_TOX_DOCKER_SERVICES.name: _tox_hook_mark(env, os.getpid())}
+
+    unmarked_run = await run_nested_pytest(
+        harness_config, [FIXTURES_PROBE], run_id=f"{run_names.run_id}_unmarked", env=env
+    )
+    marked_run = await run_nested_pytest(
+        harness_config, [FIXTURES_PROBE], run_id=f"{run_names.run_id}_marked", env=marked
+    )
+
+    assert unmarked_run.returncode == pytest.ExitCode.USAGE_ERROR, unmarked_run.stderr
+    assert marked_run.returncode == pytest.ExitCode.OK, marked_run.stdout + marked_run.stderr
+    assert await _customers(dev_database) == [(1, "ada"), (2, "grace")]
+    assert await run_leftovers(admin, f"{run_names.run_id}_marked") == []
 
 
 async def test_a_failed_run_keeps_its_database_and_bucket_on_request_and_only_then(

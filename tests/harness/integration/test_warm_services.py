@@ -145,6 +145,44 @@ def test_run_uses_the_warm_services_and_leaves_them_running(
         _cli(project, env, "down")
 
 
+PRINT_ORIGIN = (
+    "from realstack.sources import resolve_for_tool; "
+    "config = resolve_for_tool(); print('origin', config.database_origin.name)"
+)
+
+
+def test_a_command_run_on_the_warm_services_trusts_their_variables(
+    tmp_path: Path, run_base: Path, cache_dir: Path
+) -> None:
+    project = write_project(tmp_path / "sample", ("postgres",))
+    env = cli_env(run_base, cache_dir)
+    try:
+        assert _cli(project, env, "up").returncode == 0
+
+        ran = _cli(project, env, "run", "--", sys.executable, "-c", PRINT_ORIGIN)
+        elsewhere = {**env, "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "1"}
+        beside = subprocess.run(
+            [sys.executable, "-c", PRINT_ORIGIN],
+            cwd=project.root,
+            env=elsewhere,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+        # `run -- CMD` hands CMD the warm services' POSTGRES_*, without a ready file: they are
+        # recognised as the harness's own, not inspected like a docker-compose .env's.
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert "using the warm services" in ran.stderr
+        assert ran.stdout.split() == ["origin", "SERVICES"]
+        # Variables naming another server are not the warm services', whatever file exists.
+        assert beside.returncode == 0, beside.stderr
+        assert beside.stdout.split() == ["origin", "UNMARKED"]
+    finally:
+        _cli(project, env, "down")
+
+
 def test_run_with_a_stale_services_file_says_so_and_starts_its_own(
     tmp_path: Path, run_base: Path, cache_dir: Path
 ) -> None:

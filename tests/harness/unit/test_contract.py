@@ -67,3 +67,38 @@ def test_a_timeout_below_the_minimum_is_refused_by_name(
 
     assert f"{variable.name}='{raw}' is below the minimum of 1 s" in str(refused.value)
     assert "fix:" in str(refused.value)
+
+
+def test_the_tox_hooks_mark_reads_back_as_written(project: Project) -> None:
+    containers = {
+        "postgres-tox-4242": {"POSTGRES_HOST": "172.17.0.1", "POSTGRES_PORT": "32768"},
+        "minio-tox-4242": {"MINIO_HOST": "172.17.0.1", "MINIO_PORT": "32770"},
+    }
+    mark = contract.ToxDockerMark.of(containers)
+    env = {"TEST_TOX_DOCKER_SERVICES": str(mark)}
+
+    read = contract.TEST_TOX_DOCKER_SERVICES.get(env, project)
+
+    assert read == mark
+    assert str(mark).startswith("postgres-tox-4242 POSTGRES_HOST=172.17.0.1 POSTGRES_PORT=32768;")
+    endpoint = {"POSTGRES_HOST": "172.17.0.1", "POSTGRES_PORT": "32768"}
+    assert mark.container_with(endpoint) == ("postgres-tox-4242", 4242)
+    assert mark.container_with({**endpoint, "POSTGRES_PORT": "5432"}) is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "yes",
+        "postgres POSTGRES_PORT=32768",  # not a tox-docker container name
+        "postgres-tox-4242",  # no variable
+        "postgres-tox-4242 POSTGRES_PORT",
+        " ; ",
+    ],
+)
+def test_a_mark_the_tox_hook_did_not_write_is_refused_by_name(project: Project, raw: str) -> None:
+    with pytest.raises(contract.ContractError) as refused:
+        contract.TEST_TOX_DOCKER_SERVICES.get({"TEST_TOX_DOCKER_SERVICES": raw}, project)
+
+    assert str(refused.value).startswith("TEST_TOX_DOCKER_SERVICES=")
+    assert "postgres-tox-4242 POSTGRES_HOST=127.0.0.1 POSTGRES_PORT=32768" in str(refused.value)

@@ -8,6 +8,8 @@ tests/harness/integration).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 from realstack import contract, guard
 from realstack.config import HarnessConfig, resolve_config
+from realstack.guard import DatabaseOrigin
 from realstack.project import Project
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -71,7 +74,7 @@ def test_accepts_an_asyncpg_url_and_an_s3_endpoint() -> None:
 
     assert config.database_url == GOOD_URL
     assert config.s3 is not None and config.s3.endpoint_url == "http://127.0.0.1:9000"
-    assert config.explicit_database
+    assert config.database_origin is guard.DatabaseOrigin.EXPLICIT
     assert config.project is PROJECT
 
 
@@ -267,6 +270,87 @@ def test_urls_built_from_service_variables_are_trusted_on_any_host() -> None:
     env["MINIO_PORT"] = "9000"
 
     assert "172.17.0.1" in _check(env).database_url
+
+
+# ---------------------------------------------------------------- where the database came from
+
+ENDPOINT = {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "32768"}
+MARK = "TEST_TOX_DOCKER_SERVICES"
+
+
+def _ended_pid() -> int:
+    probe = subprocess.Popen([sys.executable, "-c", "pass"])
+    probe.wait()
+    return probe.pid
+
+
+def _mark(pid: int, port: str = "32768") -> str:
+    """What the harness's tox hook writes for a tox run of this pid (toxplugin.py)."""
+    postgres = {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": port}
+    minio = {"MINIO_HOST": "127.0.0.1", "MINIO_PORT": "32770"}
+    mark = contract.ToxDockerMark.of({f"postgres-tox-{pid}": postgres, f"minio-tox-{pid}": minio})
+    return str(mark)
+
+
+def test_postgres_variables_the_harness_services_published_are_trusted() -> None:
+    config = resolve_config(PROJECT, {**ENDPOINT, **GOOD_S3}, published=ENDPOINT)
+
+    assert config.database_origin is DatabaseOrigin.SERVICES
+    assert not config.database_origin.inspected
+
+
+def test_postgres_variables_the_tox_hook_marked_for_a_live_tox_run_are_trusted() -> None:
+    env = {**ENDPOINT, **GOOD_S3, MARK: _mark(os.getpid())}
+
+    config = _check(env)
+
+    assert config.database_origin is DatabaseOrigin.TOX_DOCKER
+    assert not config.database_origin.inspected
+    assert config.database_origin_detail == f"tox-docker's container postgres-tox-{os.getpid()}"
+
+
+@pytest.mark.parametrize(
+    ("tox_run", "marked_port", "published_port", "why"),
+    [
+        (None, None, None, f"{MARK} is unset"),
+        (None, None, "40123", f"{MARK} is unset"),  # the harness's services are elsewhere
+        ("live", "5432", None, "names no container with POSTGRES_HOST=127.0.0.1"),
+        ("ended", "32768", None, "has ended"),
+    ],
+    ids=["no mark", "other published services", "mark of another port", "mark of an ended run"],
+)
+def test_postgres_variables_nobody_vouches_for_are_inspected_and_say_why(
+    tox_run: str | None, marked_port: str | None, published_port: str | None, why: str
+) -> None:
+    env = {**ENDPOINT, **GOOD_S3}
+    if tox_run is not None:
+        pid = os.getpid() if tox_run == "live" else _ended_pid()
+        env[MARK] = _mark(pid, port=marked_port or "")
+    published = {**ENDPOINT, "POSTGRES_PORT": published_port} if published_port else {}
+
+    config = resolve_config(PROJECT, env, published=published)
+
+    assert config.database_origin is DatabaseOrigin.UNMARKED
+    assert config.database_origin.inspected
+    assert why in config.database_origin_detail
+
+
+def test_a_test_database_url_is_inspected_whatever_the_mark_says() -> None:
+    env = {"TEST_DATABASE_URL": GOOD_URL, **ENDPOINT, **GOOD_S3, MARK: _mark(os.getpid())}
+
+    config = resolve_config(PROJECT, env, published=ENDPOINT)
+
+    assert config.database_origin is DatabaseOrigin.EXPLICIT
+    assert config.database_origin.inspected
+
+
+def test_xdist_workers_take_the_controllers_origin() -> None:
+    config = _check({**ENDPOINT, **GOOD_S3})
+
+    copy = HarnessConfig.from_json(PROJECT, config.to_json())
+
+    assert copy.database_origin is DatabaseOrigin.UNMARKED
+    assert copy == config
 
 
 def test_a_malformed_switch_is_refused_by_name() -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import EmbeddedSettings
-from ..contract import POSTGRES_PORT, VARIABLES
+from ..contract import POSTGRES_HOST, POSTGRES_PORT, VARIABLES
 from ..process import (
     children,
     cmdline,
@@ -168,6 +168,21 @@ def load_warm_services(
             f"`{settings.warm_down_command}` to remove the file and use a fresh set per run."
         )
     return values
+
+
+def warm_services_named(settings: EmbeddedSettings, env: Mapping[str, str]) -> dict[str, str]:
+    """Those variables of this checkout's live warm services that `env` holds unchanged, when
+    it names their PostgreSQL (POSTGRES_HOST/POSTGRES_PORT), as `run -- CMD` on warm services
+    hands them to CMD; else {}. Reads the file, changes nothing."""
+    try:
+        found = ServicesFile.read(settings.services_file, settings.warm_down_command)
+    except StaleServicesError:
+        return {}
+    if found is None or not found.supervisor_alive(settings):
+        return {}
+    keys = (POSTGRES_HOST.name, POSTGRES_PORT.name)
+    same = {k: v for k, v in found.variables.items() if env.get(k, "").strip() == v}
+    return same if all(key in same for key in keys) else {}
 
 
 def warm_hint(settings: EmbeddedSettings, postgres_port: int | None) -> str:
