@@ -58,7 +58,7 @@ class DatabaseOrigin(StrEnum):
     tox-docker's containers are throwaway servers; a URL you typed, or POSTGRES_* from anywhere
     else (a docker-compose .env, a shell profile), may name a real database."""
 
-    EXPLICIT = "TEST_DATABASE_URL"
+    EXPLICIT = "an explicit database URL"
     SERVICES = "the harness's own services"
     TOX_DOCKER = "tox-docker"
     UNMARKED = "POSTGRES_* variables"
