@@ -107,7 +107,9 @@ def drift_message(project: Project, differences: list[Any]) -> str:
     return (
         "The models and the Alembic migrations disagree (drift):\n  "
         + "\n  ".join(map(str, differences))
-        + "\n  fix: add a migration (alembic revision --autogenerate -m '...'), or set "
+        + "\n  fix: add a migration (python -m realstack.embedded run --migrated -- python -m "
+        "alembic revision --autogenerate -m '...' writes it on a database at head), leave the "
+        "object out in your env.py's include_object if another tool owns it, or set "
         f"drift_check = false in [tool.harness] of {project.root / 'pyproject.toml'}."
     )
 
