@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 PLUGIN_NAME = __name__  # what `-p` and `pytest_plugins` name, and the entry point's name
 WORKER_INPUT_KEY = "harness_config"
+# Why a test may not run (set at collection on an xdist worker, which cannot stop the run).
+_REFUSED = pytest.StashKey[str]()
 MARKERS = (
     "integration: needs the real services (set automatically for the guarded paths)",
     "real_commits: the test commits for real instead of rolling back a SAVEPOINT; "
@@ -477,14 +479,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     resolved = config.stash.get(CONFIG, None)
     if project is None or resolved is None:
         return
-    from .pytest_settings import PytestSettingsError, check_no_anyio_runner
+    from .pytest_settings import anyio_refusal, tests_for_anyio_runner
 
-    try:
-        check_no_anyio_runner(
-            config, project.root, [item for item in items if project.is_guarded(item.path)]
-        )
-    except PytestSettingsError as exc:
-        pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
+    guarded = [item for item in items if project.is_guarded(item.path)]
+    marked = tests_for_anyio_runner(config, guarded)
+    if marked:
+        refusal = anyio_refusal(config, project.root, marked)
+        if getattr(config, "workerinput", None) is None:
+            pytest.exit(refusal, returncode=pytest.ExitCode.USAGE_ERROR)
+        for item in marked:  # an xdist worker that exits crashes: each such test fails instead
+            item.stash[_REFUSED] = refusal
     for item in items:
         _add_after_test_checks(item)
         if project.is_guarded(item.path):
@@ -493,6 +497,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 # pytest-timeout's signal method fails the test where it hangs and lets the
                 # teardown (and the rest of the run) go on; its thread method would end the run.
                 item.add_marker(pytest.mark.timeout(resolved.test_timeout_s, method="signal"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    refusal = item.stash.get(_REFUSED, None)
+    if refusal is not None:
+        pytest.fail(refusal, pytrace=False)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

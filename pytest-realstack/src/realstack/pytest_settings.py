@@ -110,23 +110,26 @@ def check_asyncio_settings(config: pytest.Config, project_root: Path) -> None:
         )
 
 
-def check_no_anyio_runner(
-    config: pytest.Config, project_root: Path, items: Sequence[pytest.Item]
-) -> None:
-    """Refuse guarded tests marked `anyio` while anyio's plugin is loaded: it would run them on
-    a second event loop, where the session's engine and connections do not work."""
+def tests_for_anyio_runner(
+    config: pytest.Config, items: Sequence[pytest.Item]
+) -> list[pytest.Item]:
+    """The tests marked `anyio` that anyio's plugin, if loaded, would run on a loop of its own."""
     if not config.pluginmanager.has_plugin(ANYIO_PLUGIN):
-        return
-    marked = [item.nodeid for item in items if item.get_closest_marker("anyio") is not None]
-    if not marked:
-        return
-    shown = ", ".join(marked[:3]) + (f" and {len(marked) - 3} more" if len(marked) > 3 else "")
-    raise PytestSettingsError(
-        f"{len(marked)} guarded test(s) are marked anyio ({shown}), and anyio's pytest plugin "
-        "would run them on an event loop of its own: the harness's engine and connections "
-        "belong to the session's loop, so they would fail with 'attached to a different "
-        "loop'. pytest-asyncio (asyncio_mode = \"auto\") runs them on that loop once anyio's "
-        "plugin is off; the marks can stay.\n"
+        return []
+    return [item for item in items if item.get_closest_marker("anyio") is not None]
+
+
+def anyio_refusal(config: pytest.Config, project_root: Path, marked: Sequence[pytest.Item]) -> str:
+    """Why guarded tests marked `anyio` cannot run while anyio's plugin is loaded (the
+    session's engine and connections belong to the session's loop), and the lines to add."""
+    shown = ", ".join(item.nodeid for item in marked[:3])
+    more = f" and {len(marked) - 3} more" if len(marked) > 3 else ""
+    return (
+        f"{len(marked)} guarded test(s) are marked anyio ({shown}{more}), and anyio's pytest "
+        "plugin would run them on an event loop of its own: the harness's engine and "
+        "connections belong to the session's loop, so they would fail with 'attached to a "
+        'different loop\'. pytest-asyncio (asyncio_mode = "auto") runs them on that loop once '
+        "anyio's plugin is off; the marks can stay.\n"
         + project_settings_table(config, project_root).fix(ANYIO_LINES)
         + "\n        (to lists you already have, add the items)"
     )

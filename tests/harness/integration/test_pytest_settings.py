@@ -43,7 +43,7 @@ def notes_on_native_table(root: Path, *, anyio_test: bool = False) -> Path:
 
 
 def run_pytest(
-    root: Path, harness_config: HarnessConfig, run_id: str
+    root: Path, harness_config: HarnessConfig, run_id: str, *args: str
 ) -> subprocess.CompletedProcess[str]:
     """pytest in the project, with this env's installed harness, on this run's PostgreSQL."""
     notes = load_project(root / "pyproject.toml")
@@ -52,7 +52,7 @@ def run_pytest(
     env |= service_environment(harness_config, with_s3=False)
     env[notes.run_id_variable] = run_id
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-v"],
+        [sys.executable, "-m", "pytest", "-v", *args],
         cwd=root,
         env=env,
         capture_output=True,
@@ -104,3 +104,21 @@ async def test_a_test_marked_anyio_stops_the_run_with_two_lines_that_make_it_pas
     assert " passed" not in refused.stdout
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert "6 passed" in fixed.stdout
+
+
+async def test_under_xdist_each_test_marked_anyio_errors_with_the_lines_and_the_rest_run(
+    harness_config: HarnessConfig, run_names: RunNames, tmp_path: Path
+) -> None:
+    root = notes_on_native_table(tmp_path / "notes", anyio_test=True)
+    run_id = names_for(run_names, "anyioxd").run_id
+
+    result = await asyncio.to_thread(run_pytest, root, harness_config, run_id, "-n", "1")
+    output = result.stdout + result.stderr
+
+    assert result.returncode == 1, output
+    assert "INTERNALERROR" not in output
+    assert "ERROR tests/integration/test_anyio.py::test_marked_anyio_uses_the_runs_database" in (
+        result.stdout
+    )
+    assert '        addopts = ["-p", "no:anyio"]' in result.stdout
+    assert "5 passed, 1 error" in result.stdout
