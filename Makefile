@@ -23,7 +23,7 @@ SHARD ?=
 DURATIONS := .test_durations
 
 .DEFAULT_GOAL := help
-.PHONY: help tools lock test-unit test-tooling test-integration test-harness test lint type coverage dev services-up services-down clean-leftovers bench bench-services durations shard-check clean
+.PHONY: help tools lock test-unit test-tooling test-integration test-harness test lint type coverage dev migration services-up services-down clean-leftovers bench bench-services durations shard-check clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -119,6 +119,11 @@ coverage: tools ## branch coverage of api from both tiers (embedded services), H
 
 dev: tools ## serve the API on http://127.0.0.1:8000 on the embedded services; Ctrl-C stops all
 	$(TOX) -e dev
+
+# The message goes to tox as one argument; alembic derives the file name from it.
+migration: tools ## write a migration of the models' changes: m="add tags" (autogenerate against a throwaway database at head)
+	@if [ -z "$(m)" ]; then echo 'make: give the revision message, e.g. make migration m="add tags"' >&2; exit 2; fi
+	$(TOX) -e migration -- -m '$(subst ','\'',$(m))'
 
 services-up: tools ## keep the embedded services running for fast reruns (pytest reads their services file)
 	$(TOX) -e services -- up

@@ -367,7 +367,7 @@ async def _migrate_once(
             elapsed = time.perf_counter() - started
             async with engine.connect() as conn:
                 checked = time.perf_counter()
-                differences = await conn.run_sync(lambda sync: drift(sync, metadata))
+                differences = await conn.run_sync(lambda sync: drift(sync, metadata, project))
                 drift_s = time.perf_counter() - checked
             if differences:
                 raise AssertionError(f"{project.name}: the migrated schema drifts: {differences}")

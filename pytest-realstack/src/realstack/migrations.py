@@ -3,27 +3,48 @@ hands in, and the drift check (models against the migrated schema)."""
 
 from __future__ import annotations
 
+from textwrap import indent
 from typing import Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
+from alembic.runtime.environment import EnvironmentContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, inspect
 from sqlalchemy.engine import Connection
 
 from .project import Project
 
-ENV_PY_FIX = """your migrations' env.py must run on the connection the harness passes in
-(Alembic cookbook: "Sharing a Connection across one or more programmatic migration commands"):
+# The one change the harness asks of a project's env.py, shown by MigrationError and, verbatim,
+# by the README (tests/harness/unit/test_env_py_snippet.py holds them together). Its shape is
+# Alembic's async template (`alembic init -t async`), which has both functions already.
+ENV_PY_SNIPPET = """\
+def do_run_migrations(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        # your options stay here: include_object=..., include_name=..., compare_type=...
+    )
+    with context.begin_transaction():
+        context.run_migrations()
 
-    connection = config.attributes.get("connection")
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")  # the harness's, in the tests
     if connection is not None:
-        context.configure(connection=connection, target_metadata=target_metadata)
-        with context.begin_transaction():
-            context.run_migrations()
+        do_run_migrations(connection)
     else:
-        ...  # your usual code, e.g. asyncio.run(run_async_migrations())"""
+        asyncio.run(run_async_migrations())  # your own engine, as before"""
+
+ENV_PY_FIX = (
+    "your migrations' env.py must run on the connection the harness passes in (Alembic's "
+    'cookbook: "Sharing a Connection across one or more programmatic migration commands"). '
+    "Make its run_migrations_online() this, and keep your context.configure(...) options in "
+    "do_run_migrations (Alembic's async template has both functions; "
+    "run_async_migrations is its own engine's code, which ends in "
+    "connection.run_sync(do_run_migrations)):\n\n" + indent(ENV_PY_SNIPPET, "    ")
+)
 
 
 class MigrationError(RuntimeError):
@@ -63,17 +84,32 @@ def downgrade(project: Project, connection: Connection, revision: str = "base") 
     command.downgrade(alembic_config(project, connection), revision)
 
 
-def drift(connection: Connection, metadata: MetaData) -> list[Any]:
-    """The differences between the migrated schema and the models (empty means no drift)."""
-    context = MigrationContext.configure(connection)
-    return list(compare_metadata(context, metadata))
+def drift(connection: Connection, metadata: MetaData, project: Project) -> list[Any]:
+    """The differences between the migrated schema and the models (empty means no drift),
+    compared the way the project's env.py configures Alembic: its include_object,
+    include_name, compare_type, compare_server_default... are honoured, as by `alembic check`
+    and `alembic revision --autogenerate`, so the harness reports what those would. env.py runs
+    on `connection` with nothing to migrate and may change nothing (dont_mutate)."""
+    cfg = alembic_config(project, connection)
+    script = ScriptDirectory.from_config(cfg)
+    differences: list[Any] = []
+
+    def compare(revision: Any, context: Any) -> list[Any]:
+        differences.extend(compare_metadata(context, metadata))
+        return []  # no migration step to run
+
+    with EnvironmentContext(cfg, script, fn=compare, as_sql=False, dont_mutate=True):
+        script.run_env()
+    return differences
 
 
 def drift_message(project: Project, differences: list[Any]) -> str:
     return (
         "The models and the Alembic migrations disagree (drift):\n  "
         + "\n  ".join(map(str, differences))
-        + "\n  fix: add a migration (alembic revision --autogenerate -m '...'), or set "
+        + "\n  fix: add a migration (python -m realstack.embedded run --migrated -- python -m "
+        "alembic revision --autogenerate -m '...' writes it on a database at head), leave the "
+        "object out in your env.py's include_object if another tool owns it, or set "
         f"drift_check = false in [tool.harness] of {project.root / 'pyproject.toml'}."
     )
 
@@ -87,6 +123,6 @@ def prepare(connection: Connection, project: Project, metadata: MetaData) -> Non
     against the models; raises MigrationError or DriftError."""
     migrate(project, connection)
     if project.drift_check:
-        differences = drift(connection, metadata)
+        differences = drift(connection, metadata, project)
         if differences:
             raise DriftError(drift_message(project, differences))

@@ -40,16 +40,13 @@ if TYPE_CHECKING:
 
 PLUGIN_NAME = __name__  # what `-p` and `pytest_plugins` name, and the entry point's name
 WORKER_INPUT_KEY = "harness_config"
+# Why a test may not run (set at collection on an xdist worker, which cannot stop the run).
+_REFUSED = pytest.StashKey[str]()
 MARKERS = (
     "integration: needs the real services (set automatically for the guarded paths)",
     "real_commits: the test commits for real instead of rolling back a SAVEPOINT; "
     "its rows are removed afterwards",
 )
-REQUIRED_INI = {
-    "asyncio_mode": "auto",
-    "asyncio_default_fixture_loop_scope": "session",
-    "asyncio_default_test_loop_scope": "session",
-}
 
 
 class _Refusal(Exception):
@@ -122,31 +119,13 @@ def _early_args(config: pytest.Config) -> list[str]:
     return [str(invocation_dir)]
 
 
-def _ini(config: pytest.Config, key: str) -> str | None:
-    """An ini value as text; None when no loaded plugin declares the key."""
-    try:
-        return str(config.getini(key) or "")
-    except ValueError:
-        return None
-
-
 def _check_pytest_settings(config: pytest.Config, project: Project) -> None:
-    if _ini(config, "asyncio_mode") is None:
-        raise _Refusal(
-            "pytest-asyncio is not loaded in this run, and the harness's fixtures need it.\n"
-            "  fix:  install it (pytest-realstack depends on it); with "
-            "PYTEST_DISABLE_PLUGIN_AUTOLOAD=1, load it by name: -p pytest_asyncio.plugin"
-        )
-    wrong = {k: v for k, v in REQUIRED_INI.items() if _ini(config, k) != v}
-    if wrong:
-        lines = "\n".join(f'        {k} = "{v}"' for k, v in REQUIRED_INI.items())
-        raise _Refusal(
-            "The harness needs these pytest settings (one event loop for the whole session, so "
-            "one engine serves every test); seen: "
-            + ", ".join(f"{k}={config.getini(k)!r}" for k in wrong)
-            + f".\n  fix:  add to [tool.pytest.ini_options] of {project.root / 'pyproject.toml'}:\n"
-            + lines
-        )
+    from .pytest_settings import PytestSettingsError, check_asyncio_settings
+
+    try:
+        check_asyncio_settings(config, project.root)
+    except PytestSettingsError as exc:
+        raise _Refusal(exc) from None
 
 
 def _import_fixtures() -> None:
@@ -398,6 +377,8 @@ def _inside_guarded(project: Project, path: Path) -> bool:
 
 
 def _refuse_conftests_imported_early(config: pytest.Config, project: Project) -> None:
+    from .pytest_settings import project_settings_table
+
     early = _conftests_imported_early(config, project)
     if early:
         raise _Refusal(
@@ -407,7 +388,8 @@ def _refuse_conftests_imported_early(config: pytest.Config, project: Project) ->
             "before the harness pointed it at the test database, so no test runs.\n"
             f"  fix:  load the harness before any conftest: install pytest-realstack (its "
             f"entry point does), or add `-p {PLUGIN_NAME}` to addopts in "
-            f"[tool.pytest.ini_options] (copy mode, or PYTEST_DISABLE_PLUGIN_AUTOLOAD=1)"
+            f"{project_settings_table(config, project.root).table} (copy mode, or "
+            "PYTEST_DISABLE_PLUGIN_AUTOLOAD=1)"
         )
 
 
@@ -497,6 +479,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     resolved = config.stash.get(CONFIG, None)
     if project is None or resolved is None:
         return
+    from .pytest_settings import anyio_refusal, tests_for_anyio_runner
+
+    guarded = [item for item in items if project.is_guarded(item.path)]
+    marked = tests_for_anyio_runner(config, guarded)
+    if marked:
+        refusal = anyio_refusal(config, project.root, marked)
+        if getattr(config, "workerinput", None) is None:
+            pytest.exit(refusal, returncode=pytest.ExitCode.USAGE_ERROR)
+        for item in marked:  # an xdist worker that exits crashes: each such test fails instead
+            item.stash[_REFUSED] = refusal
     for item in items:
         _add_after_test_checks(item)
         if project.is_guarded(item.path):
@@ -505,6 +497,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 # pytest-timeout's signal method fails the test where it hangs and lets the
                 # teardown (and the rest of the run) go on; its thread method would end the run.
                 item.add_marker(pytest.mark.timeout(resolved.test_timeout_s, method="signal"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    refusal = item.stash.get(_REFUSED, None)
+    if refusal is not None:
+        pytest.fail(refusal, pytrace=False)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

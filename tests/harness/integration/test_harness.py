@@ -123,7 +123,7 @@ async def test_migrations_upgrade_to_head_and_downgrade_to_base(
     async with engine.begin() as conn:
         await conn.run_sync(lambda sync: migrate(project, sync))
         after_upgrade = set((await conn.execute(listing, params)).scalars())
-        assert await conn.run_sync(drift, app_adapter.metadata) == []
+        assert await conn.run_sync(drift, app_adapter.metadata, project) == []
         await conn.run_sync(lambda sync: downgrade(project, sync))
         after_downgrade = set((await conn.execute(listing, params)).scalars())
 
@@ -132,7 +132,7 @@ async def test_migrations_upgrade_to_head_and_downgrade_to_base(
 
 
 async def test_drift_check_reports_a_model_without_a_migration(
-    engine: AsyncEngine, app_adapter: AppAdapter
+    engine: AsyncEngine, app_adapter: AppAdapter, harness_config: HarnessConfig
 ) -> None:
     drifted = MetaData()
     for table in app_adapter.metadata.sorted_tables:
@@ -140,7 +140,7 @@ async def test_drift_check_reports_a_model_without_a_migration(
     Table("not_migrated", drifted, Column("id", Integer, primary_key=True))
 
     async with engine.connect() as conn:
-        differences = await conn.run_sync(drift, drifted)
+        differences = await conn.run_sync(drift, drifted, harness_config.project)
 
     assert any(diff[0] == "add_table" and diff[1].name == "not_migrated" for diff in differences)
 

@@ -178,10 +178,11 @@ async def test_a_fixture_closing_its_own_transaction_at_teardown_is_not_called_a
 
 
 async def test_the_models_match_the_migrations(
-    engine: AsyncEngine, app_adapter: AppAdapter
+    engine: AsyncEngine, app_adapter: AppAdapter, harness_config: config.HarnessConfig
 ) -> None:
+    project = harness_config.project
     async with engine.connect() as conn:
-        assert await conn.run_sync(drift, app_adapter.metadata) == []
+        assert await conn.run_sync(drift, app_adapter.metadata, project) == []
 
 
 def test_the_app_reads_the_guarded_database_url(harness_config: config.HarnessConfig) -> None:

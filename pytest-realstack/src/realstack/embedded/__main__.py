@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
         help="start CMD only once the services answer, with all their variables in its "
         "environment (for commands that do not read the ready file, e.g. psql)",
     )
+    run.add_argument(
+        "--migrated",
+        action="store_true",
+        help="like --after-ready, and the app's database URL variable names a database of its "
+        "own, migrated to head and dropped afterwards (for alembic revision --autogenerate)",
+    )
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     commands.add_parser("up", help="start warm services that outlive this command")
     commands.add_parser("down", help="stop the warm services")
@@ -80,7 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .supervisor import run_command
 
             keep = args.keep_on_failure or settings.keep_on_failure
-            return run_command(settings, cmd, after_ready=args.after_ready, keep_on_failure=keep)
+            return run_command(
+                settings,
+                cmd,
+                after_ready=args.after_ready,
+                migrated=args.migrated,
+                keep_on_failure=keep,
+            )
         if args.command == "up":
             from .warm import services_up
 

@@ -3,9 +3,11 @@
 The command starts at once, with only the ready file's path added to its environment, and
 reads the service variables from that file once the launcher writes it (readiness.py); it
 is never restarted. With `--after-ready` it starts only then, with every variable in its
-environment, for commands that know nothing of the ready file (psql, a shell script).
+environment, for commands that know nothing of the ready file (psql, a shell script); with
+`--migrated`, also with the app's URL variable on a database of its own at head (migrated.py).
 Exit codes: the command's own; 128+N after signal N (130 SIGINT, 143 SIGTERM); 3 when a
-service cannot start; 127 when the command cannot be run.
+service cannot start (or, with --migrated, the migrations fail); 127 when the command
+cannot be run.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
@@ -26,6 +28,7 @@ from ..contract import resolve_database
 from ..process import free_port
 from ..project import Project
 from .launcher import RunningServices, create_embedded_services
+from .migrated import MigrationsFailedError
 from .procs import (
     HarnessSetupError,
     ServiceStartError,
@@ -124,6 +127,21 @@ def _app_url(project: Project, env: Mapping[str, str]) -> dict[str, str]:
     return {project.app_database_url_variable: url} if url else {}
 
 
+@contextlib.contextmanager
+def _app_database(
+    project: Project, env: Mapping[str, str], migrated: bool
+) -> Iterator[dict[str, str]]:
+    """The app's URL variable for the command: the server's test database; with `--migrated`
+    a database of its own, at head, dropped when the command ends (migrated.py)."""
+    if not migrated:
+        yield _app_url(project, env)
+        return
+    from .migrated import migrated_database
+
+    with migrated_database(project, env) as url:
+        yield {project.app_database_url_variable: url}
+
+
 def _warm_services(settings: EmbeddedSettings, report: TextIO) -> dict[str, str] | None:
     """The variables of this project's warm services (`up`, make services-up) if they run."""
     from .warm import StaleServicesError, load_warm_services
@@ -136,7 +154,12 @@ def _warm_services(settings: EmbeddedSettings, report: TextIO) -> dict[str, str]
 
 
 def _run_on_warm(
-    child: _Child, settings: EmbeddedSettings, warm: Mapping[str, str], report: TextIO
+    child: _Child,
+    settings: EmbeddedSettings,
+    warm: Mapping[str, str],
+    report: TextIO,
+    *,
+    migrated: bool = False,
 ) -> int:
     """The command against warm services: nothing to start, nothing to stop afterwards."""
     from .warm import ports_line
@@ -148,10 +171,11 @@ def _run_on_warm(
         file=report,
         flush=True,
     )
-    child.handed_over = True  # a signal now goes to the command alone
-    child.start({**warm, **_app_url(settings.project, warm)})
-    assert child.proc is not None
-    code = exit_status(child.proc.wait())
+    with _app_database(settings.project, warm, migrated) as app:
+        child.handed_over = True  # a signal now goes to the command alone
+        child.start({**warm, **app})
+        assert child.proc is not None
+        code = exit_status(child.proc.wait())
     return 128 + child.received[0] if child.received else code
 
 
@@ -160,6 +184,29 @@ def _launch_and_run(
     running: RunningServices,
     *,
     after_ready: bool,
+    migrated: bool,
+    keep_on_failure: bool,
+    report: TextIO,
+) -> int:
+    with contextlib.ExitStack() as stack:  # the migrated database lives as long as the command
+        return _run_child(
+            child,
+            running,
+            stack,
+            after_ready=after_ready,
+            migrated=migrated,
+            keep_on_failure=keep_on_failure,
+            report=report,
+        )
+
+
+def _run_child(
+    child: _Child,
+    running: RunningServices,
+    stack: contextlib.ExitStack,
+    *,
+    after_ready: bool,
+    migrated: bool,
     keep_on_failure: bool,
     report: TextIO,
 ) -> int:
@@ -174,7 +221,8 @@ def _launch_and_run(
         child.handed_over = True
     mark_ready(running.ready_file, running.env)
     if after_ready:
-        child.start({**running.env, **ready_variable, **_app_url(project, running.env)})
+        app = stack.enter_context(_app_database(project, running.env, migrated))
+        child.start({**running.env, **ready_variable, **app})
         child.handed_over = True
     assert child.proc is not None
     code = exit_status(child.proc.wait())
@@ -201,6 +249,7 @@ def run_command(
     cmd: Sequence[str],
     *,
     after_ready: bool = False,
+    migrated: bool = False,
     keep_on_failure: bool | None = None,
     use_cached_cluster: bool = True,
     port_chooser: Callable[[], int] = free_port,
@@ -209,9 +258,11 @@ def run_command(
     """Run `cmd` against fresh services of `settings.project`, then stop them; or, while the
     project's warm services run (`up`), against those, which stay up.
 
-    `keep_on_failure` None means settings.keep_on_failure. Call from the main thread: it
-    installs SIGINT/SIGTERM handlers for the duration.
+    `migrated` (which implies `after_ready`) gives the command a database of its own at head,
+    in the app's URL variable. `keep_on_failure` None means settings.keep_on_failure. Call from
+    the main thread: it installs SIGINT/SIGTERM handlers for the duration.
     """
+    after_ready = after_ready or migrated
     keep = settings.keep_on_failure if keep_on_failure is None else keep_on_failure
     child = _Child(cmd)
     previous = {sig: signal.signal(sig, child.on_signal) for sig in _SIGNALS}
@@ -219,7 +270,7 @@ def run_command(
         warm = _warm_services(settings, report)
         if warm is not None:
             try:
-                return _run_on_warm(child, settings, warm, report)
+                return _run_on_warm(child, settings, warm, report, migrated=migrated)
             finally:
                 with signals_blocked():
                     child.stop()
@@ -232,7 +283,12 @@ def run_command(
         try:
             child.check()
             return _launch_and_run(
-                child, running, after_ready=after_ready, keep_on_failure=keep, report=report
+                child,
+                running,
+                after_ready=after_ready,
+                migrated=migrated,
+                keep_on_failure=keep,
+                report=report,
             )
         finally:
             # A late signal must not cut the cleanup short: ignore it from here on.
@@ -246,6 +302,9 @@ def run_command(
     except _CannotRun as exc:
         print(f"embedded services: {exc}", file=report)
         return EXIT_CANNOT_RUN
+    except MigrationsFailedError as exc:
+        print(f"embedded services: {exc}", file=report)
+        return EXIT_CANNOT_START
     except (ServiceStartError, HarnessSetupError, OSError) as exc:  # OSError: run base, cache
         if child.received and not child.handed_over:
             # A terminal's Ctrl-C reaches the servers too: their exit is the interrupt's doing.

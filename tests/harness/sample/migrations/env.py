@@ -32,13 +32,13 @@ config = context.config
 target_metadata = models.Base.metadata
 
 
-def _run_on(connection: Connection) -> None:
+def do_run_migrations(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata)
     with context.begin_transaction():
         context.run_migrations()
 
 
-async def _run_with_own_engine() -> None:
+async def run_async_migrations() -> None:
     try:
         settings = _app.Settings.from_environment()
     except ValueError as exc:
@@ -48,16 +48,21 @@ async def _run_with_own_engine() -> None:
         async with engine.connect() as connection:
             if settings.schema:
                 await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{settings.schema}"'))
-            await connection.run_sync(_run_on)
+            await connection.run_sync(do_run_migrations)
             await connection.commit()
     finally:
         await engine.dispose()
 
 
+# The harness's snippet (realstack.migrations.ENV_PY_SNIPPET), verbatim.
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")  # the harness's, in the tests
+    if connection is not None:
+        do_run_migrations(connection)
+    else:
+        asyncio.run(run_async_migrations())  # your own engine, as before
+
+
 if context.is_offline_mode():
     sys.exit("the notes app has no offline (--sql) migrations")
-shared = config.attributes.get("connection")
-if isinstance(shared, Connection):
-    _run_on(shared)
-else:
-    asyncio.run(_run_with_own_engine())
+run_migrations_online()
