@@ -4,6 +4,7 @@ project keeps its pytest settings in, and the exact lines to add there."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+MIN_PYTEST_ASYNCIO = "1.0"  # pytest-realstack's own lower bound, for the message
 REQUIRED_INI = {
     "asyncio_mode": "auto",
     "asyncio_default_fixture_loop_scope": "session",
@@ -83,6 +85,13 @@ def project_settings_table(config: pytest.Config, project_root: Path) -> Setting
     return settings_table(config.inipath, project_root, int(pytest.__version__.split(".")[0]))
 
 
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
 def _ini(config: pytest.Config, key: str) -> str | None:
     """An ini value as text; None when no loaded plugin declares the key."""
     try:
@@ -98,6 +107,15 @@ def check_asyncio_settings(config: pytest.Config, project_root: Path) -> None:
             "pytest-asyncio is not loaded in this run, and the harness's fixtures need it.\n"
             "  fix:  install it (pytest-realstack depends on it); with "
             "PYTEST_DISABLE_PLUGIN_AUTOLOAD=1, load it by name: -p pytest_asyncio.plugin"
+        )
+    unknown = [k for k in REQUIRED_INI if _ini(config, k) is None]
+    if unknown:  # asyncio_default_fixture_loop_scope came in 0.24, the test one in 0.26
+        raise PytestSettingsError(
+            f"pytest-asyncio {_version('pytest-asyncio')} is loaded, which knows no "
+            f"{' and no '.join(unknown)}: the harness needs pytest-asyncio "
+            f"{MIN_PYTEST_ASYNCIO} or later (one event loop for the whole session).\n"
+            f'  fix:  pip install "pytest-asyncio>={MIN_PYTEST_ASYNCIO}" (and remove an '
+            "`event_loop` fixture of your own: 1.0 dropped it)"
         )
     wrong = {k: v for k, v in REQUIRED_INI.items() if _ini(config, k) != v}
     if wrong:

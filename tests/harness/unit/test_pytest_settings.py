@@ -3,10 +3,19 @@ lines in its syntax: pytest 9's native [tool.pytest], the ini_options, pytest.to
 
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
+from typing import cast
 
 import pytest
-from realstack.pytest_settings import ANYIO_LINES, SettingsTable, settings_table
+from realstack.pytest_settings import (
+    ANYIO_LINES,
+    MIN_PYTEST_ASYNCIO,
+    PytestSettingsError,
+    SettingsTable,
+    check_asyncio_settings,
+    settings_table,
+)
 
 
 @pytest.mark.parametrize(
@@ -63,3 +72,29 @@ def test_the_anyio_lines_are_written_in_the_tables_syntax(
 
     assert lines[0].strip() == addopts
     assert lines[1].strip().startswith(markers)
+
+
+class _OldAsyncioConfig:
+    """A pytest config as pytest-asyncio 0.23 leaves it: no loop-scope settings declared."""
+
+    inipath = None
+
+    def getini(self, key: str) -> str:
+        if key == "asyncio_mode":
+            return "auto"
+        raise ValueError(f"unknown configuration value: {key!r}")
+
+
+def test_a_pytest_asyncio_without_the_loop_scopes_is_named_with_the_version_to_install(
+    tmp_path: Path,
+) -> None:
+    config = cast(pytest.Config, _OldAsyncioConfig())
+
+    with pytest.raises(PytestSettingsError) as refused:
+        check_asyncio_settings(config, tmp_path)
+
+    first, fix = str(refused.value).splitlines()
+    assert f"pytest-asyncio {importlib.metadata.version('pytest-asyncio')} is loaded" in first
+    assert "no asyncio_default_fixture_loop_scope and no asyncio_default_test_loop_scope" in first
+    assert f"needs pytest-asyncio {MIN_PYTEST_ASYNCIO} or later" in first
+    assert fix.startswith('  fix:  pip install "pytest-asyncio>=1.0"')
