@@ -103,9 +103,10 @@ class EmptinessCheck:
         self._sent = False
 
     def send(self) -> None:
-        """Send the LIST now (once: a LIST sent and not answered yet stays the one)."""
+        """Send the LIST now. One sent before and never read goes with its connection: its
+        answer may predate writes since."""
         if self._sent:
-            return
+            self.close()
         url = self._signed_url()
         parts = urlsplit(url)
         try:
@@ -120,8 +121,9 @@ class EmptinessCheck:
 
     def answer(self) -> bool | None:
         """True when the bucket held no object, False when it held some, None when unknown.
-        Sends the LIST first unless send() did."""
-        self.send()
+        Reads the answer to the last send(), or sends the LIST now."""
+        if not self._sent:
+            self.send()
         if not self._sent or self._conn is None:
             return None
         self._sent = False

@@ -131,3 +131,18 @@ def test_with_a_proxy_in_the_environment_the_check_leaves_the_listing_to_boto3(
         monkeypatch.setenv(name, "http://127.0.0.1:9")
 
     assert EmptinessCheck(s3_client, s3_bucket).answer() is None
+
+
+async def test_a_listing_sent_again_before_its_answer_was_read_answers_for_the_state_now(
+    s3_client: S3Client, s3_bucket: str
+) -> None:
+    check = EmptinessCheck(s3_client, s3_bucket)
+    try:
+        await asyncio.to_thread(check.send)  # while the bucket is empty; never read
+        await asyncio.to_thread(s3_client.put_object, Bucket=s3_bucket, Key="k", Body=b"")
+        await asyncio.to_thread(check.send)
+        answer = await asyncio.to_thread(check.answer)
+    finally:
+        check.close()
+
+    assert answer is False
