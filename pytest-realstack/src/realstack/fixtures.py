@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 import pytest
@@ -37,6 +37,9 @@ from .stamps import RunNames
 from .stash import ADAPTER, CONFIG, RUN_BUCKET
 from .sweeps import sweep_dead_stores
 from .templates import run_database
+
+if TYPE_CHECKING:
+    from .buckets import BucketJanitor  # boto3: imported only by projects with S3
 
 
 def stop_run(config: pytest.Config, message: str) -> NoReturn:
@@ -241,14 +244,22 @@ def db_sessionmaker(_after_db_test: HeldConnection) -> async_sessionmaker[AsyncS
     return joined_sessionmaker(held.conn)
 
 
-def empty_bucket_if_used(request: pytest.FixtureRequest, served_before: int) -> None:
-    """Empty the run's bucket after a test that could have written to it: it made the app
-    serve a request, or it used s3_client. Other tests pay nothing."""
-    bucket = request.config.stash.get(RUN_BUCKET, None)
-    if bucket is not None and (
-        requests_served() != served_before or "s3_client" in request.fixturenames
-    ):
-        bucket.empty()
+# What a test asks for to reach the run's bucket: its name (s3_bucket; s3_client), both on
+# _run_bucket, or the raw targets (run_targets), on which app, client and an adapter's own
+# clients, repositories and workers are built.
+_SEES_THE_BUCKET = frozenset({"_run_bucket", "run_targets"})
+
+
+def bucket_to_empty(request: pytest.FixtureRequest, served_before: int) -> BucketJanitor | None:
+    """The run's bucket after a test that could have written to it, through any client: the
+    test can see the bucket (_SEES_THE_BUCKET), or it made the app serve a request. Emptying
+    costs one LIST when there is nothing to delete. None for other tests: they pay nothing."""
+    bucket: BucketJanitor | None = request.config.stash.get(RUN_BUCKET, None)
+    if bucket is None:
+        return None
+    if requests_served() != served_before or not _SEES_THE_BUCKET.isdisjoint(request.fixturenames):
+        return bucket
+    return None
 
 
 @pytest_asyncio.fixture
@@ -259,10 +270,11 @@ async def _after_db_test(
     _run_store: RunStore,
 ) -> AsyncIterator[HeldConnection]:
     """A test's connection to the run's database (db_session's, the app's requests') and, after
-    the test, on it: the bucket emptied if the test used it, the outer transaction rolled back,
-    and what the test left in the database found, undone and reported. The plugin puts it
-    first in the fixtures of each test that uses the database, so it is torn down last; other
-    tests don't get it (there is no autouse fixture)."""
+    the test, on it: the outer transaction rolled back, and what the test left in the database
+    found, undone and reported; meanwhile, if the test could have written to the bucket, the
+    bucket's emptiness checked (and the bucket emptied). The plugin puts it first in the
+    fixtures of each test that uses the database, so it is torn down last; other tests don't
+    get it (there is no autouse fixture)."""
     engine, baseline = _migrated
     if baseline.stopped:  # a test before changed the schema: nothing after it runs on it
         stop_run(request.config, baseline.stopped)
@@ -274,14 +286,20 @@ async def _after_db_test(
             held = HeldConnection(conn, None if committed else await conn.begin())
             yielded = True
             yield held
+            bucket = bucket_to_empty(request, served)
+            if bucket is not None:
+                # Its LIST goes out now: the S3 server answers it while PostgreSQL rolls back
+                # and checks, so the test pays the longer of the two, not their sum.
+                bucket.emptiness.send()
             try:
-                empty_bucket_if_used(request, served)
-            finally:
                 await end_test_transaction(held.outer, held.sessions)
                 test = request.node.nodeid
                 problems = await undo_leftovers(
                     test, conn, _run_store, baseline, committed=committed
                 )
+            finally:
+                if bucket is not None:
+                    bucket.empty()  # reads that answer; deletes only if objects were listed
     except Exception:
         down = endpoints_down(harness_config) if yielded else []
         if not down:

@@ -14,7 +14,7 @@ from .clients import requests_served
 from .config import HarnessConfig
 from .contract import S3Target
 from .fixtures import (
-    empty_bucket_if_used,
+    bucket_to_empty,
     keep_on_failure,
     left_with_the_server,
     report_removed,
@@ -69,16 +69,17 @@ def s3_client(_run_bucket: BucketJanitor) -> S3Client:
 
 @pytest.fixture(scope="session")
 def s3_bucket(_run_bucket: BucketJanitor) -> str:
-    """The run's bucket. It is emptied after each test that could have written to it (it made
-    the app serve a request, or used s3_client), so no test sees another's objects."""
+    """The run's bucket, empty at the start of every test that can see it: it is emptied after
+    each test that could have written to it, through any client (fixtures.py, bucket_to_empty)."""
     return _run_bucket.bucket
 
 
 @pytest.fixture
 def _after_s3_test(request: pytest.FixtureRequest) -> Iterator[None]:
     """After a test that used the run's bucket but not its database (those get
-    _after_db_test): the bucket emptied if the test could have written to it. The plugin
-    puts it first in such a test's fixtures."""
+    _after_db_test): the bucket emptied. The plugin puts it first in such a test's fixtures."""
     served = requests_served()
     yield
-    empty_bucket_if_used(request, served)
+    bucket = bucket_to_empty(request, served)
+    if bucket is not None:
+        bucket.empty()
