@@ -474,6 +474,14 @@ def _add_after_test_checks(item: pytest.Item) -> None:
         names.insert(0, after)
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """A guarded test is marked integration as it is collected, before `-m` selects: so
+    `-m "not integration"` deselects it even in a run that resolved no services."""
+    project = item.config.stash.get(PROJECT, None)
+    if project is not None and project.is_guarded(item.path):
+        item.add_marker(pytest.mark.integration)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     project = config.stash.get(PROJECT, None)
     resolved = config.stash.get(CONFIG, None)
@@ -491,12 +499,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.stash[_REFUSED] = refusal
     for item in items:
         _add_after_test_checks(item)
-        if project.is_guarded(item.path):
-            item.add_marker(pytest.mark.integration)
-            if item.get_closest_marker("timeout") is None:
-                # pytest-timeout's signal method fails the test where it hangs and lets the
-                # teardown (and the rest of the run) go on; its thread method would end the run.
-                item.add_marker(pytest.mark.timeout(resolved.test_timeout_s, method="signal"))
+        if project.is_guarded(item.path) and item.get_closest_marker("timeout") is None:
+            # pytest-timeout's signal method fails the test where it hangs and lets the
+            # teardown (and the rest of the run) go on; its thread method would end the run.
+            item.add_marker(pytest.mark.timeout(resolved.test_timeout_s, method="signal"))
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -8,6 +8,7 @@ tests/harness/integration).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -448,3 +449,19 @@ def test_deselecting_the_integration_marker_skips_the_guard(
     )
 
     assert result.ret == 0, str(result.stdout) + str(result.stderr)
+
+
+def test_not_integration_deselects_every_guarded_test_in_a_run_with_no_services(
+    run_pytest: Callable[..., pytest.RunResult],
+) -> None:
+    """The marker is added as each test is collected: before `-m` selects, even in a run that
+    resolves nothing (it used to be added only once the services were resolved)."""
+    result = run_pytest(
+        [str(ROOT / "tests/harness"), "-m", "not integration", "--collect-only", "-q"], {}
+    )
+
+    collected = str(result.stdout)
+    assert result.ret == 0, collected + str(result.stderr)
+    assert "\nunit/test_guard.py::" in collected  # paths relative to the tier's rootdir
+    assert "integration/" not in collected
+    assert re.search(r"\d+/\d+ tests collected \([1-9]\d* deselected\)", collected), collected
