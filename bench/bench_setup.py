@@ -278,6 +278,7 @@ def write_chain_project(root: Path) -> tuple[Project, MetaData]:
     and the adapter; returns the project and the adapter's metadata."""
     versions = root / "migrations" / "versions"
     versions.mkdir(parents=True)
+    (root / "tests").mkdir()  # its guarded path: the table names only folders that exist
     (root / "pyproject.toml").write_text(PYPROJECT)
     (root / "alembic.ini").write_text(ALEMBIC_INI)
     (root / "migrations" / "env.py").write_text(ENV_PY)

@@ -226,6 +226,8 @@ def _parse_table(root: Path, table: dict[str, Any], source: Path) -> Project:
     ):
         problems.append(f'services: must be ["postgres"] or ["postgres", "s3"], got {services!r}')
     guarded = get("guarded_paths", list, ["tests/integration"])
+    if isinstance(guarded, list) and "guarded_paths" in table:
+        problems += _missing_guarded_paths(root, guarded)
     adapter = get("adapter", str)
     if isinstance(adapter, str) and not _MODULE.fullmatch(adapter):
         problems.append(f"adapter: {adapter!r} must be a dotted module path, e.g. tests.adapter")
@@ -255,6 +257,26 @@ def _parse_table(root: Path, table: dict[str, Any], source: Path) -> Project:
         drift_check=drift,
         template_inputs=tuple(inputs),
     )
+
+
+def _missing_guarded_paths(root: Path, guarded: list[Any]) -> list[str]:
+    """A guarded path that is not there (a typo) would leave every test of the real folder
+    without the harness: no guard, no services, no fixtures. Named with the folders that are."""
+    problems = []
+    for path in guarded:
+        if not isinstance(path, str) or (root / path).exists():
+            continue
+        near = sorted(
+            str(p.relative_to(root))
+            for p in (root / path).parent.glob("*")
+            if p.is_dir() and not p.name.startswith((".", "_"))
+        )
+        there = f"; there: {', '.join(near)}" if near else ""
+        problems.append(
+            f"guarded_paths: {path!r} does not exist under {root}{there} (its tests would run "
+            "without the harness)"
+        )
+    return problems
 
 
 # Every key of the table; the README's table and EXAMPLE_TABLE show each (tests/tooling).

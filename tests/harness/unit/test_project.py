@@ -109,3 +109,21 @@ def test_without_template_inputs_the_table_names_no_input(tmp_path: Path) -> Non
 
     assert project.template_inputs == ()
     assert project.template_input_files() == {}
+
+
+def test_a_guarded_path_that_is_not_there_is_refused_naming_the_folders_that_are(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "tests" / "integration").mkdir(parents=True)
+    (tmp_path / "tests" / "unit").mkdir()
+    pyproject = _table(
+        tmp_path, 'name = "bookmarks"\nguarded_paths = ["tests/integraton"]\nadapter = "t.a"\n'
+    )
+
+    with pytest.raises(ProjectConfigError) as problems:
+        load_project(pyproject)
+
+    assert (
+        f"guarded_paths: 'tests/integraton' does not exist under {tmp_path.resolve()}; there: "
+        "tests/integration, tests/unit (its tests would run without the harness)"
+    ) in str(problems.value)
