@@ -68,7 +68,8 @@ def left_with_the_server(request: pytest.FixtureRequest, config: HarnessConfig, 
     say(
         request,
         f"harness: the run's {what} was not dropped, as {' and '.join(down)} no longer "
-        "answer(s) (an embedded server takes it along; else `make clean-leftovers` removes it "
+        "answer(s) (an embedded server takes it along; else `python -m realstack.embedded clean` "
+        "removes it "
         "later)",
     )
     return True

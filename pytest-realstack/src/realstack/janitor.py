@@ -116,7 +116,8 @@ async def drop_database(conn: AsyncConnection, name: str) -> None:
             f"could not drop database {name!r}: sessions this role ({role}) may not end still "
             f"use it: {held or 'they left while it was dropped; run again'}.\n"
             f"  fix:  close them (SELECT pg_terminate_backend(pid) as their role or a "
-            f"superuser), or GRANT pg_signal_backend TO {role}; then `make clean-leftovers`."
+            f"superuser), or GRANT pg_signal_backend TO {role}; then `python -m realstack.embedded "
+            f"clean`."
         ) from None
 
 

@@ -591,8 +591,8 @@ def _services_gone(resolved: HarnessConfig, error: BaseException) -> str:
     if not down:
         return ""
     return (
-        f"harness: {' and '.join(down)} stopped answering during the run: the services were "
-        "stopped (`make services-down`), or a server crashed or was killed. The run stops here "
+        f"harness: {' and '.join(down)} stopped answering during the run: the warm services "
+        "were stopped (their `down`), or a server crashed or was killed. The run stops here "
         "rather than fail every test after it. fix: start the services again (or let the run "
         "start its own) and rerun"
     )

@@ -126,8 +126,9 @@ def tox_before_run_commands(tox_env: ToxEnv) -> Generator[None, None, None]:
         raise Fail(
             f"no Docker daemon answered at {where} ({reason}).\n"
             f"  {tox_env.name} needs Docker for its containers ({', '.join(container_names)}).\n"
-            "  Without Docker run `make test-integration` (it picks the embedded services)\n"
-            "  or `tox -e integration-embedded`. With Docker, start the daemon or set DOCKER_HOST."
+            "  Without Docker run the tests on the embedded services: `tox -e "
+            "integration-embedded`, or `python -m realstack.embedded run -- pytest`.\n"
+            "  With Docker, start the daemon or set DOCKER_HOST."
         )
     for name in remove_leftovers_of_dead_runs(container_names):
         print(f"{tox_env.name}: removed container {name} left by a tox run that was killed")

@@ -49,3 +49,36 @@ def test_only_the_launchers_cli_reads_the_environment_for_configuration() -> Non
     lookup = re.compile(r"os\.environ\s*(\.get|\[)|os\.getenv|environ\.get\(")
     readers = [p.name for p in _modules(LAUNCHER) if lookup.search(p.read_text())]
     assert readers == []
+
+
+def _message_strings(path: Path) -> list[str]:
+    """The module's string constants, docstrings left out."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+    ]
+
+
+def test_only_the_settings_that_know_make_ran_them_name_a_make_target() -> None:
+    """A project of its own has no Makefile: a message names `python -m realstack...` unless
+    config.py's under_make (MAKELEVEL) says the user typed make."""
+    naming = {
+        f"{path.relative_to(PACKAGE)}: {text!r}"
+        for path in _modules(PACKAGE)
+        if path.name != "config.py"
+        for text in _message_strings(path)
+        if re.search(r"`make [a-z]", text)
+    }
+    assert naming == set()
