@@ -83,7 +83,8 @@ def load_adapter(project: Project) -> AppAdapter:
                 f"the adapter module {project.adapter!r} (named by `adapter` in [tool.harness] "
                 f"of {project.root / 'pyproject.toml'}) cannot be imported: {exc}.\n"
                 "  fix:  create it, or correct the name; it must be importable from the "
-                'project root (pythonpath = ["."] in [tool.pytest.ini_options])'
+                'project root (pythonpath = ["."] in your pytest settings, [tool.pytest] or '
+                "[tool.pytest.ini_options])"
             ) from None
         raise AdapterError(_import_failure(project, exc)) from None
     except Exception as exc:  # the adapter's own code failed: say where, not 40 frames
