@@ -7,11 +7,13 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from realstack import RunTargets
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.harness.probe_app.app import GREETING, LIFESPAN_STARTS, current_user
+from tests.harness.probe_app.app import GREETING, LIFESPAN_STARTS, BlobStore, current_user
 from tests.harness.sample.models import Note
+from tests.harness.sample.settings import Settings
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -96,6 +98,22 @@ async def test_the_repository_writes_with_its_own_client(
 
     assert response.status_code == 204, response.text
     assert s3_client.get_object(Bucket=s3_bucket, Key="a-key")["Body"].read() == b"bytes"
+
+
+async def test_a_repository_writes_with_its_own_client_and_no_request(
+    run_targets: RunTargets,
+) -> None:
+    """No request served and no s3_client: only the bucket's emptiness check can see this."""
+    settings = Settings.from_targets(run_targets)
+    assert settings.s3 is not None
+    await BlobStore(settings.s3).put("written-behind-the-harness", b"bytes")
+
+
+async def test_the_bucket_is_empty_when_the_next_test_starts(
+    s3_client: S3Client, s3_bucket: str
+) -> None:
+    listed = s3_client.list_objects_v2(Bucket=s3_bucket)
+    assert listed["KeyCount"] == 0, [o["Key"] for o in listed.get("Contents", [])]
 
 
 async def test_the_apps_lifespan_ran_once_for_the_whole_session(

@@ -110,6 +110,15 @@ def test_a_sessionmaker_dependency_writes_in_the_tests_rolled_back_transaction(
     ), probe_runs.app.output
 
 
+def test_what_a_repository_wrote_with_its_own_client_is_gone_when_the_next_test_starts(
+    probe_runs: ProbeRuns,
+) -> None:
+    assert probe_runs.app.passed(
+        "test_a_repository_writes_with_its_own_client_and_no_request",
+        "test_the_bucket_is_empty_when_the_next_test_starts",
+    ), probe_runs.app.output
+
+
 async def test_the_runs_pass_whole_and_leave_nothing(
     probe_runs: ProbeRuns, admin: AsyncEngine
 ) -> None:
