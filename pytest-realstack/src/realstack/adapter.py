@@ -23,14 +23,35 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterator,
+    Mapping,
+)
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
-from types import ModuleType
-from typing import Any, Literal, cast, get_args
+from types import ModuleType, NoneType, UnionType
+from typing import (
+    Annotated,
+    Any,
+    ForwardRef,
+    Literal,
+    TypeVar,
+    Union,
+    cast,
+    get_args,
+    get_origin,
+)
 
 from sqlalchemy import MetaData
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .config import RunTargets
 from .project import Project
@@ -38,6 +59,7 @@ from .project import Project
 REQUIRED = ("metadata", "create_app", "session_dependency")
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 SessionShape = Literal["session", "sessionmaker"]
+_SHAPES = {"session": "an AsyncSession", "sessionmaker": "an async_sessionmaker"}
 
 
 class AdapterError(Exception):
@@ -114,7 +136,8 @@ def load_adapter(project: Project) -> AppAdapter:
             f"  fix:  set it to {' or '.join(map(repr, get_args(SessionShape)))}: what "
             "session_dependency yields (an AsyncSession, or an async_sessionmaker)"
         )
-    _check_session_shape(project.adapter, module.session_dependency, shape)
+    declared = hasattr(module, "session_dependency_yields")
+    _check_session_shape(project.adapter, module.session_dependency, shape, declared)
     return AppAdapter(
         module=module,
         metadata=module.metadata,
@@ -126,27 +149,129 @@ def load_adapter(project: Project) -> AppAdapter:
     )
 
 
-def _check_session_shape(adapter: str, dependency: Any, shape: str) -> None:
-    """A dependency annotated to yield the other shape than the adapter declares would fail in
-    the first request (`'AsyncSessionTransaction' object has no attribute ...`): say so now."""
-    try:
-        returns = str(inspect.get_annotations(dependency).get("return", ""))
-    except TypeError:  # not a function we can read: nothing to check
+def _check_session_shape(adapter: str, dependency: Any, shape: str, declared: bool) -> None:
+    """The tests hand the app their session by replacing this dependency: one annotated to yield
+    something else than a session or a sessionmaker would leave the app's own sessions in
+    place, committing behind the tests' backs; one annotated with the other shape than the
+    adapter declares would fail in the first request (`'AsyncSessionTransaction' object has
+    no attribute ...`). Say so now. No annotation, or one that cannot be read, passes."""
+    returns, written = _return_annotation(dependency)
+    if returns is _NO_ANNOTATION:
         return
-    if "sessionmaker" in returns:
-        annotated = "sessionmaker"
-    elif "AsyncSession" in returns:
-        annotated = "session"
-    else:
+    annotated = _shape_named(returns)
+    if annotated == "unknown":
         return
-    if annotated != shape:
-        name = getattr(dependency, "__qualname__", repr(dependency))
+    name = getattr(dependency, "__qualname__", repr(dependency))
+    shown = _shown(written)
+    if annotated is None:
         raise AdapterError(
-            f"{adapter}.session_dependency ({name}) yields {returns!r}, but the adapter "
-            f"declares session_dependency_yields = {shape!r}: the tests would hand the app "
-            "the wrong kind of object.\n"
+            f"{adapter}.session_dependency is {name}, annotated to yield {shown!r}: neither an "
+            "AsyncSession nor an async_sessionmaker. The tests hand the app their session by "
+            f"replacing this dependency; replacing {name} leaves the app's own sessions in "
+            "place, and its writes would escape the test's transaction.\n"
+            "  fix:  set session_dependency to the FastAPI dependency your routes get their "
+            "AsyncSession or async_sessionmaker from (e.g. session_dependency = get_session) "
+            f"in {adapter}"
+        )
+    if annotated != shape:
+        expects = (
+            f"the adapter declares session_dependency_yields = {shape!r}"
+            if declared
+            else f"the harness expects {_SHAPES[shape]} (session_dependency_yields, by default "
+            f"{shape!r}; the adapter does not set it)"
+        )
+        raise AdapterError(
+            f"{adapter}.session_dependency ({name}) yields {shown!r}, but {expects}: the tests "
+            "would hand the app the wrong kind of object.\n"
             f'  fix:  session_dependency_yields = "{annotated}" in {adapter}'
         )
+
+
+_NO_ANNOTATION = object()
+
+
+def _return_annotation(dependency: Any) -> tuple[Any, Any]:
+    """The dependency's return annotation evaluated (else as written), and as written;
+    _NO_ANNOTATION without one (`-> None` is one: None)."""
+    try:
+        written = inspect.get_annotations(dependency).get("return", _NO_ANNOTATION)
+    except TypeError:  # not a function we can read: nothing to check
+        return _NO_ANNOTATION, _NO_ANNOTATION
+    try:
+        evaluated = inspect.get_annotations(dependency, eval_str=True).get("return", written)
+    except Exception:  # a name that does not evaluate (a TYPE_CHECKING import): as written
+        evaluated = written
+    return evaluated, written
+
+
+# The names a session dependency's annotation may use, as a raw string shows them.
+_SESSIONMAKER_NAME = re.compile(r"\b\w*sessionmaker\b")
+_SESSION_NAME = re.compile(r"\bAsyncSession\b")
+_CONTAINERS = (AsyncIterator, AsyncGenerator, Iterator, Generator, Awaitable, Coroutine)
+
+
+def _shape_named(annotation: Any) -> str | None:
+    """The shape an annotation names, "session" or "sessionmaker", the outermost first
+    (`AsyncIterator[async_sessionmaker[AsyncSession]]` is a sessionmaker), through what yields
+    or awaits it, Annotated, unions and aliases; None when it names neither; "unknown" when it
+    cannot tell (Any, a type variable, a bare AsyncIterator, a name that did not evaluate)."""
+    if isinstance(annotation, ForwardRef):
+        annotation = annotation.__forward_arg__
+    if isinstance(annotation, str):
+        if _SESSIONMAKER_NAME.search(annotation):
+            return "sessionmaker"
+        return "session" if _SESSION_NAME.search(annotation) else "unknown"
+    if type(annotation).__name__ == "TypeAliasType":  # `type Db = ...` (Python 3.12+)
+        return _shape_named(annotation.__value__)
+    if annotation is Any or annotation is object or isinstance(annotation, TypeVar):
+        return "unknown"
+    if annotation is None or annotation is NoneType:
+        return None
+    origin = get_origin(annotation)
+    if origin is Annotated:  # the type; the rest is metadata (Depends(...))
+        return _shape_named(get_args(annotation)[0])
+    outer = origin if isinstance(origin, type) else annotation
+    if isinstance(outer, type) and not _is_union(outer):
+        if issubclass(outer, async_sessionmaker):
+            return "sessionmaker"
+        if issubclass(outer, AsyncSession):
+            return "session"
+        if not issubclass(outer, _CONTAINERS):
+            return None  # SnapshotRepository, dict[str, Any]: neither
+    arguments = get_args(annotation)
+    if not arguments:
+        return "unknown"  # a bare AsyncIterator says nothing of what it yields
+    found: str | None = None
+    for argument in arguments:
+        named = _shape_named(argument)
+        if named in ("session", "sessionmaker"):
+            return named
+        found = found or named
+    return found
+
+
+def _is_union(annotation: Any) -> bool:
+    return annotation is Union or annotation is UnionType
+
+
+def _shown(annotation: Any) -> str:
+    """An annotation as a person writes it: `AsyncIterator[SnapshotRepository]`, no modules,
+    no Depends(...) of an Annotated."""
+    if isinstance(annotation, ForwardRef):
+        annotation = annotation.__forward_arg__
+    if isinstance(annotation, str):
+        return annotation
+    if annotation is None or annotation is NoneType:
+        return "None"
+    origin, arguments = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return f"Annotated[{_shown(arguments[0])}, ...]"
+    if _is_union(origin):
+        return " | ".join(_shown(argument) for argument in arguments)
+    if isinstance(origin, type) and arguments:
+        return f"{origin.__name__}[{', '.join(_shown(argument) for argument in arguments)}]"
+    text = inspect.formatannotation(annotation)
+    return re.sub(r"\b(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_])", "", text)
 
 
 def _import_failure(project: Project, exc: BaseException) -> str:

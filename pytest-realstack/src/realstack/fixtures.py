@@ -95,11 +95,13 @@ def harness_config(pytestconfig: pytest.Config) -> HarnessConfig:
 
 @pytest.fixture(scope="session")
 def app_adapter(pytestconfig: pytest.Config) -> AppAdapter:
+    """The project's adapter, loaded and checked (adapter.py)."""
     return pytestconfig.stash[ADAPTER]
 
 
 @pytest.fixture(scope="session")
 def run_names(pytestconfig: pytest.Config, harness_config: HarnessConfig) -> RunNames:
+    """The names of what this run (and this xdist worker) owns: its database, schema, bucket."""
     workerinput: dict[str, Any] = getattr(pytestconfig, "workerinput", {})
     worker = str(workerinput.get("workerid", "main"))
     return RunNames(harness_config.project, harness_config.run_id, worker)

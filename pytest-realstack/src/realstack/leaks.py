@@ -175,7 +175,11 @@ def foreign_commits_message(test: str, changed: dict[str, tuple[int, int]]) -> s
         f"{test} committed rows through a connection of its own ({shown}). The test's "
         "transaction is rolled back, theirs is not: those rows would leak into later tests, "
         "so the harness put the tables back as the migrations left them.\n"
-        f"  fix: {REAL_COMMITS_FIX}"
+        f"  fix: {REAL_COMMITS_FIX}.\n"
+        "  If the test wrote only through the app's requests, the app committed through a "
+        "session of its own: the adapter's session_dependency is then not the dependency the "
+        "app's routes get their session from (the tests replace that one only). fix: set "
+        "session_dependency in the adapter to the dependency the routes use"
     )
 
 

@@ -16,12 +16,14 @@ import atexit
 import dataclasses
 import gc
 import glob
+import inspect
 import itertools
 import os
 import re
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -42,11 +44,18 @@ PLUGIN_NAME = __name__  # what `-p` and `pytest_plugins` name, and the entry poi
 WORKER_INPUT_KEY = "harness_config"
 # Why a test may not run (set at collection on an xdist worker, which cannot stop the run).
 _REFUSED = pytest.StashKey[str]()
+# The modules of the harness's fixtures this run registered: a fixture of the same name
+# defined elsewhere replaces one of them (_warn_replaced_fixtures).
+_FIXTURE_MODULES = pytest.StashKey[frozenset[str]]()
 MARKERS = (
     "integration: needs the real services (set automatically for the guarded paths)",
     "real_commits: the test commits for real instead of rolling back a SAVEPOINT; "
     "its rows are removed afterwards",
 )
+
+
+class ReplacedFixtureWarning(pytest.PytestWarning):
+    """A fixture of the project's own replaces one of the harness's for guarded tests."""
 
 
 class _Refusal(Exception):
@@ -339,11 +348,13 @@ def _register_fixtures(config: pytest.Config, project: Project) -> None:
     from .adapter import AdapterError, load_adapter
     from .services import kinds_of
 
+    modules = [faults]
     for kind in kinds_of(project):
-        config.pluginmanager.register(
-            importlib.import_module(kind.fixtures), f"harness-{kind.name}-fixtures"
-        )
+        module = importlib.import_module(kind.fixtures)
+        config.pluginmanager.register(module, f"harness-{kind.name}-fixtures")
+        modules.append(module)
     config.pluginmanager.register(faults, "harness-faults")
+    config.stash[_FIXTURE_MODULES] = frozenset(module.__name__ for module in modules)
     try:
         adapter = load_adapter(project)
     except AdapterError as exc:
@@ -503,6 +514,65 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             # pytest-timeout's signal method fails the test where it hangs and lets the
             # teardown (and the rest of the run) go on; its thread method would end the run.
             item.add_marker(pytest.mark.timeout(resolved.test_timeout_s, method="signal"))
+    _warn_replaced_fixtures(config, guarded)
+
+
+def _warn_replaced_fixtures(config: pytest.Config, guarded: list[pytest.Item]) -> None:
+    """Warn once per run about each fixture of the project's (a conftest's, a test module's, the
+    adapter's) that replaces one of the harness's for guarded tests, e.g. an old conftest's
+    `engine` on its own database. A warning, not a refusal: a team may override `client` on
+    purpose. One that asks for the harness's (`def client(client)`) extends it: not said.
+    Each winning definition is judged once, however many tests share it."""
+    harness = config.stash.get(_FIXTURE_MODULES, frozenset())
+    judged: set[object] = set()
+    for item in guarded:
+        info = getattr(item, "_fixtureinfo", None)  # pytest's own view of the test's fixtures
+        for name, definitions in getattr(info, "name2fixturedefs", {}).items():
+            if not definitions or definitions[-1] in judged or name.startswith("_"):
+                continue
+            winner = definitions[-1]  # the closest definition: the one the test gets
+            judged.add(winner)
+            theirs = [d for d in definitions if getattr(d.func, "__module__", None) in harness]
+            if not theirs or theirs[-1] is winner or name in winner.argnames:
+                continue
+            where, filename, lineno = _defined_at(config, winner.func)
+            gives = _first_sentence(inspect.getdoc(theirs[-1].func) or "")
+            warnings.warn_explicit(
+                ReplacedFixtureWarning(
+                    f"the fixture {name!r} defined at {where} replaces the harness's own "
+                    f"{name} in guarded tests (e.g. {item.nodeid}): they get yours, not the "
+                    "harness's.\n"
+                    "  fix: delete it, or rename it if you meant a fixture of your own; the "
+                    f"harness's {name} gives {gives or 'what the README says of it'}"
+                ),
+                category=ReplacedFixtureWarning,
+                filename=filename,
+                lineno=lineno,
+            )
+
+
+def _defined_at(config: pytest.Config, func: Callable[..., Any]) -> tuple[str, str, int]:
+    """Where a fixture's function is defined: "path:line" (relative to the rootdir when under
+    it), and the file and line apart."""
+    func = inspect.unwrap(func)
+    try:
+        filename = inspect.getsourcefile(func) or inspect.getfile(func)
+        lineno = func.__code__.co_firstlineno
+    except (TypeError, AttributeError):
+        return repr(func), "<unknown>", 0
+    path = Path(filename)
+    shown = path.relative_to(config.rootpath) if path.is_relative_to(config.rootpath) else path
+    return f"{shown}:{lineno}", filename, lineno
+
+
+def _first_sentence(doc: str) -> str:
+    """A docstring's first sentence, to follow "gives": lowercased, without the stop, and
+    without what it says of the harness's own files ("(fixtures.py, ...)")."""
+    sentence = doc.split("\n\n", 1)[0].replace("\n", " ").split(". ", 1)[0].rstrip(".")
+    sentence = re.sub(r"\s*\([^()]*\.py\b[^()]*\)", "", sentence)
+    if sentence[1:2].islower():
+        sentence = sentence[0].lower() + sentence[1:]
+    return sentence
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 @pytest.fixture(scope="session")
 def s3_target(harness_config: HarnessConfig) -> S3Target:
+    """The run's S3 endpoint and keys (realstack.S3Target)."""
     assert harness_config.s3 is not None  # this module is registered only with S3
     return harness_config.s3
 

@@ -65,7 +65,7 @@ run_migrations_online()
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Project:
+def app_project(tmp_path: Path) -> Project:
     project = write_migrations_project(tmp_path / "app", "newrev")
     (project.root / "migrations" / "env.py").write_text(ENV_PY)
     return project
@@ -97,7 +97,7 @@ def revisions(project: Project) -> set[Path]:
 
 
 def test_migrated_runs_autogenerate_on_a_database_at_head_and_it_writes_the_new_revision(
-    app: Project, run_base: Path, cache_dir: Path
+    app_project: Project, run_base: Path, cache_dir: Path
 ) -> None:
     autogenerate = (
         "--",
@@ -109,12 +109,12 @@ def test_migrated_runs_autogenerate_on_a_database_at_head_and_it_writes_the_new_
         "-m",
         "add tags",
     )
-    before = revisions(app)
+    before = revisions(app_project)
 
-    on_empty = run_cli(app, run_base, cache_dir, "--after-ready", *autogenerate)
-    unchanged = revisions(app)
-    migrated = run_cli(app, run_base, cache_dir, "--migrated", *autogenerate)
-    written = revisions(app) - before
+    on_empty = run_cli(app_project, run_base, cache_dir, "--after-ready", *autogenerate)
+    unchanged = revisions(app_project)
+    migrated = run_cli(app_project, run_base, cache_dir, "--migrated", *autogenerate)
+    written = revisions(app_project) - before
 
     assert on_empty.returncode != 0
     assert "Target database is not up to date" in on_empty.stdout + on_empty.stderr
@@ -148,12 +148,12 @@ async def _look(server_url: str, database: str) -> tuple[str | None, bool]:
 
 # Sync tests: migrated_database runs its own event loop, as in the command line.
 def test_the_migrated_database_is_at_head_and_dropped_afterwards(
-    app: Project, harness_config: HarnessConfig
+    app_project: Project, harness_config: HarnessConfig
 ) -> None:
     env = service_environment(harness_config, with_s3=False)
     server_url = harness_config.database_url
 
-    with migrated_database(app, env) as url:
+    with migrated_database(app_project, env) as url:
         database = make_url(url).database or ""
         inside = asyncio.run(_look(server_url, database))
     after = asyncio.run(_look(server_url, database))
@@ -164,15 +164,15 @@ def test_the_migrated_database_is_at_head_and_dropped_afterwards(
 
 
 def test_a_failing_migration_is_one_message_naming_it(
-    app: Project, harness_config: HarnessConfig
+    app_project: Project, harness_config: HarnessConfig
 ) -> None:
-    (app.root / "migrations" / "versions" / "0002_broken.py").write_text(
+    (app_project.root / "migrations" / "versions" / "0002_broken.py").write_text(
         'revision = "0002"\ndown_revision = "0001"\n\n\ndef upgrade():\n'
         '    from alembic import op\n    op.execute("SELECT no_such_column FROM notes")\n'
     )
     env = service_environment(harness_config, with_s3=False)
 
-    with pytest.raises(MigrationsFailedError) as failed, migrated_database(app, env):
+    with pytest.raises(MigrationsFailedError) as failed, migrated_database(app_project, env):
         pass
 
     assert "--migrated: upgrading" in str(failed.value)
@@ -195,21 +195,28 @@ LIST_MIGRATED = (
 
 
 def test_on_warm_services_the_revision_is_written_and_no_database_stays_behind(
-    app: Project, run_base: Path, cache_dir: Path
+    app_project: Project, run_base: Path, cache_dir: Path
 ) -> None:
     autogenerate = ("--", sys.executable, "-m", "alembic", "revision", "--autogenerate", "-m", "t")
-    before = revisions(app)
+    before = revisions(app_project)
     try:
-        up = run_cli_command(app, run_base, cache_dir, "up")
+        up = run_cli_command(app_project, run_base, cache_dir, "up")
         assert up.returncode == 0, up.stdout + up.stderr
 
-        migrated = run_cli(app, run_base, cache_dir, "--migrated", *autogenerate)
-        written = revisions(app) - before
+        migrated = run_cli(app_project, run_base, cache_dir, "--migrated", *autogenerate)
+        written = revisions(app_project) - before
         again = run_cli(
-            app, run_base, cache_dir, "--after-ready", "--", sys.executable, "-c", LIST_MIGRATED
+            app_project,
+            run_base,
+            cache_dir,
+            "--after-ready",
+            "--",
+            sys.executable,
+            "-c",
+            LIST_MIGRATED,
         )
     finally:
-        run_cli_command(app, run_base, cache_dir, "down")
+        run_cli_command(app_project, run_base, cache_dir, "down")
 
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
     assert "using the warm services" in migrated.stderr
