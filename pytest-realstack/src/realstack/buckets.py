@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import os
 import re
 import ssl
 import time
@@ -85,6 +86,48 @@ def _connection_to(scheme: str, host: str, port: int | None) -> http.client.HTTP
     return http.client.HTTPConnection(host, port, timeout=_LISTING_TIMEOUT_S)
 
 
+# What a leveldb store appends to on each write: its journals, and its manifests (which name
+# the journal in use: a new journal shows there, and as a change of its folder's time).
+_JOURNAL = re.compile(r"\d+\.log|MANIFEST-\d+")
+
+
+class WriteTrace:
+    """A folder whose files change whenever the S3 server stores or deletes anything (the
+    embedded SeaweedFS's filer store: leveldb journals and manifests, appended to on every
+    write). Its signature, the size and time of those files, costs ~25 stat calls, no request;
+    the same signature as before a LIST that found the bucket empty means it still is."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self._listed: dict[str, int] = {}  # each folder's mtime when its files were listed
+        self._files: list[str] = []
+
+    def signature(self) -> tuple[int, ...] | None:
+        """None when the folder cannot be read (gone, moved): then nothing can be told."""
+        try:
+            if not self._listed or any(
+                os.stat(folder).st_mtime_ns != when for folder, when in self._listed.items()
+            ):
+                self._list()
+            stats = [os.stat(path) for path in self._files]
+        except OSError:
+            self._listed = {}
+            return None
+        return tuple(v for st in stats for v in (st.st_size, st.st_mtime_ns))
+
+    def _list(self) -> None:
+        listed, files = {self.folder: os.stat(self.folder).st_mtime_ns}, []
+        with os.scandir(self.folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    listed[entry.path] = entry.stat().st_mtime_ns
+                    with os.scandir(entry.path) as inner:
+                        files += [f.path for f in inner if _JOURNAL.fullmatch(f.name)]
+                elif _JOURNAL.fullmatch(entry.name):
+                    files.append(entry.path)
+        self._listed, self._files = listed, sorted(files)
+
+
 class EmptinessCheck:
     """One bucket's emptiness check: a LIST (MaxKeys=1) through a presigned URL, on a kept-alive
     connection of its own, sent ahead of the moment its answer is read.
@@ -95,18 +138,27 @@ class EmptinessCheck:
     do or read (a proxy in the environment, an expired URL, a dropped connection, TLS it cannot
     verify, a server that omits KeyCount) it leaves to boto3: answer() is None then."""
 
-    def __init__(self, client: S3Client, bucket: str) -> None:
+    def __init__(self, client: S3Client, bucket: str, trace: WriteTrace | None = None) -> None:
         self.client = client
         self.bucket = bucket
+        self.trace = trace
         self._url: tuple[str, float] | None = None  # the presigned URL, when it was signed
         self._conn: http.client.HTTPConnection | None = None
         self._sent = False
+        self._unchanged = False  # the trace showed no write since the bucket was found empty
+        self._signature: tuple[int, ...] | None = None  # the trace's, as the LIST was sent
+        self._empty_as_of: tuple[int, ...] | None = None  # ... of the last LIST found empty
 
     def send(self) -> None:
-        """Send the LIST now. One sent before and never read goes with its connection: its
-        answer may predate writes since."""
+        """Send the LIST now, unless the trace shows that nothing was written or deleted since
+        a LIST found the bucket empty. One sent before and never read goes with its
+        connection: its answer may predate writes since."""
         if self._sent:
             self.close()
+        self._signature = self.trace.signature() if self.trace else None
+        self._unchanged = self._signature is not None and self._signature == self._empty_as_of
+        if self._unchanged:
+            return
         url = self._signed_url()
         parts = urlsplit(url)
         try:
@@ -122,8 +174,12 @@ class EmptinessCheck:
     def answer(self) -> bool | None:
         """True when the bucket held no object, False when it held some, None when unknown.
         Reads the answer to the last send(), or sends the LIST now."""
-        if not self._sent:
+        if not self._sent and not self._unchanged:
             self.send()
+        if self._unchanged:
+            self._unchanged = False
+            return True
+        self._empty_as_of = None
         if not self._sent or self._conn is None:
             return None
         self._sent = False
@@ -134,7 +190,9 @@ class EmptinessCheck:
             self.close()
             return None
         if response.status == 200 and (count := _KEY_COUNT.search(body)):
-            return count[1] == b"0"
+            empty = count[1] == b"0"
+            self._empty_as_of = self._signature if empty else None
+            return empty
         self._url = None  # expired, or refused: signed again next time
         return None
 
@@ -158,13 +216,21 @@ class EmptinessCheck:
 class BucketJanitor:
     """Creates the run's bucket and tags it with the stamp; empties and deletes it (and only it)."""
 
-    def __init__(self, client: S3Client, names: RunNames, *, keep: bool = False) -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        names: RunNames,
+        *,
+        keep: bool = False,
+        write_trace: str | None = None,
+    ) -> None:
         self.client = client
         self.names = names
         self.bucket = names.bucket
         self.keep = keep
         self.stamp = names.stamp()
-        self.emptiness = EmptinessCheck(client, self.bucket)
+        trace = WriteTrace(write_trace) if write_trace else None
+        self.emptiness = EmptinessCheck(client, self.bucket, trace)
 
     def _create(self) -> None:
         self.client.create_bucket(Bucket=self.bucket)

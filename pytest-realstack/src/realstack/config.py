@@ -52,6 +52,8 @@ class HarnessConfig:
     # TEST_REBUILD_TEMPLATE: the process that resolves (never an xdist worker) drops the
     # project's templates before any test (plugin.py), so the run builds its own afresh.
     rebuild_template: bool = False
+    # TEST_S3_WRITE_TRACE of the launcher's own S3 server (buckets.WriteTrace), else None.
+    s3_write_trace: str | None = None
 
     def to_json(self) -> str:
         """For xdist workers, which take the controller's result instead of resolving again."""
@@ -99,7 +101,16 @@ def resolve_config(
         test_timeout_s=contract.TEST_TIMEOUT.value(env, project),
         services_timeout_s=contract.TEST_SERVICES_TIMEOUT.value(env, project),
         rebuild_template=contract.TEST_REBUILD_TEMPLATE.value(env, project),
+        s3_write_trace=_write_trace(s3, env, project),
     )
+
+
+def _write_trace(s3: S3Target | None, env: Mapping[str, str], project: Project) -> str | None:
+    """The launcher's trace, for the launcher's own endpoint only: an endpoint given by
+    TEST_S3_ENDPOINT_URL is another server, whose bucket is listed after every test."""
+    if s3 is None or s3.source != "MINIO_HOST/MINIO_PORT":
+        return None
+    return contract.TEST_S3_WRITE_TRACE.get(env, project)
 
 
 @dataclass(frozen=True)
@@ -171,9 +182,13 @@ def embedded_settings(project: Project, env: Mapping[str, str]) -> EmbeddedSetti
 
 
 def service_variables(
-    settings: EmbeddedSettings, pg_port: int, s3_port: int | None
+    settings: EmbeddedSettings,
+    pg_port: int,
+    s3_port: int | None,
+    s3_write_trace: Path | None = None,
 ) -> dict[str, str]:
-    """The variables tox-docker and tox set_env would give, for servers on these ports."""
+    """The variables tox-docker and tox set_env would give, for servers on these ports (and
+    the embedded S3 server's write trace, which only the launcher gives)."""
     creds = settings.credentials
     env = {
         contract.POSTGRES_HOST.name: "127.0.0.1",
@@ -186,6 +201,8 @@ def service_variables(
             contract.MINIO_PORT.name: str(s3_port),
             contract.S3_REGION.name: creds.s3_region,
         }
+    if s3_port is not None and s3_write_trace is not None:
+        env[contract.TEST_S3_WRITE_TRACE.name] = str(s3_write_trace)
     return env
 
 

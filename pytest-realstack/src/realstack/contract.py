@@ -31,6 +31,7 @@ class SetBy(StrEnum):
     USER = "you (optional override)"
     HARNESS = "the harness itself"
     TOX_HOOK = "the harness's tox hook (toxfile.py), once tox-docker's containers are healthy"
+    LAUNCHER = "the embedded launcher (never by hand)"
 
 
 def _flag(raw: str) -> bool:
@@ -258,6 +259,12 @@ TEST_TOX_DOCKER_SERVICES = Variable(
     "for each; POSTGRES_* that it does not name are inspected like TEST_DATABASE_URL",
     ToxDockerMark.parse,
 )
+TEST_S3_WRITE_TRACE = _text(
+    "TEST_S3_WRITE_TRACE",
+    SetBy.LAUNCHER,
+    "embedded path: a folder of the embedded S3 server's store whose files change whenever it "
+    "stores or deletes anything; a test's bucket is listed only after it changed",
+)
 PG_BINDIR = Variable(
     "PG_BINDIR", SetBy.USER, "embedded path: use these PostgreSQL binaries instead", Path
 )
@@ -313,6 +320,7 @@ VARIABLES: tuple[Variable[object], ...] = (
     TEST_ALLOW_USER_TABLES,
     TEST_REBUILD_TEMPLATE,
     TEST_TOX_DOCKER_SERVICES,
+    TEST_S3_WRITE_TRACE,
     PG_BINDIR,
     TEST_SERVICES_TIMEOUT,
     TEST_TIMEOUT,
@@ -325,7 +333,12 @@ SERVICE_VARIABLES = (POSTGRES_HOST, POSTGRES_PORT, MINIO_HOST, MINIO_PORT)
 S3_ONLY = frozenset(
     {"MINIO_HOST", "MINIO_PORT", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "S3_REGION"}
 )
-S3_ONLY |= {"TEST_S3_ENDPOINT_URL", "TEST_S3_ACCESS_KEY", "TEST_S3_SECRET_KEY"}
+S3_ONLY |= {
+    "TEST_S3_ENDPOINT_URL",
+    "TEST_S3_ACCESS_KEY",
+    "TEST_S3_SECRET_KEY",
+    "TEST_S3_WRITE_TRACE",
+}
 
 
 def credential_variables(creds: Credentials, *, with_s3: bool) -> dict[str, str]:

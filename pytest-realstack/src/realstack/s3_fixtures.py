@@ -45,7 +45,7 @@ async def _run_bucket(
     if sweeps(run_names):
         removed = await asyncio.to_thread(sweep_dead_buckets, client, harness_config.project)
         report_removed(request, "bucket", removed)
-    janitor = BucketJanitor(client, run_names)
+    janitor = BucketJanitor(client, run_names, write_trace=harness_config.s3_write_trace)
     yielded = False
     try:
         async with janitor:

@@ -124,7 +124,8 @@ class RunningServices:
     def env(self) -> dict[str, str]:
         """The service variables (config.service_variables) for the servers' current ports."""
         s3_port = self.s3.port if self.s3 else None
-        return service_variables(self.settings, self.postgres.port, s3_port)
+        trace = self.s3.write_trace if self.s3 else None
+        return service_variables(self.settings, self.postgres.port, s3_port, trace)
 
     @property
     def ready_file(self) -> Path:

