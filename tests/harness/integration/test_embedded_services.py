@@ -58,6 +58,8 @@ READY_VARIABLE = "SAMPLE_SERVICES_READY_FILE"
 PORT_VARIABLES = ("POSTGRES_", "MINIO_", "S3_")
 CONTRACT = {"POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"}
 S3_CONTRACT = {"MINIO_HOST", "MINIO_PORT", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "S3_REGION"}
+# What only the launcher gives, beside tox-docker's variables: its S3 server's write trace.
+LAUNCHER_ONLY = {"TEST_S3_WRITE_TRACE"}
 CHILD_WAITS = f"""
 import os, sys
 from pathlib import Path
@@ -245,7 +247,7 @@ def test_the_child_gets_only_the_ready_file_and_the_file_exactly_the_variables(
 
     seen, ready = json.loads(runner.stdout)
     assert seen == []  # no port it could hold on to while the servers boot
-    assert ready == sorted(CONTRACT | S3_CONTRACT)
+    assert ready == sorted(CONTRACT | S3_CONTRACT | LAUNCHER_ONLY)
 
 
 def _run_after_ready(
