@@ -3,6 +3,9 @@ hands in, and the drift check (models against the migrated schema)."""
 
 from __future__ import annotations
 
+import types
+from inspect import CORO_CREATED
+from inspect import getcoroutinestate as coroutine_state
 from textwrap import indent
 from typing import Any
 
@@ -67,6 +70,7 @@ def migrate(project: Project, connection: Connection, revision: str = "head") ->
         command.upgrade(alembic_config(project, connection), revision)
     except RuntimeError as exc:
         if "running event loop" in str(exc) or "asyncio.run()" in str(exc):
+            _close_refused_coroutines(exc)
             raise MigrationError(
                 f"the migrations of {project.alembic_config} started their own event loop "
                 f"({exc}).\n  fix:  {ENV_PY_FIX}"
@@ -78,6 +82,18 @@ def migrate(project: Project, connection: Connection, revision: str = "head") ->
             "has no alembic_version table, so env.py connected on its own.\n"
             f"  fix:  {ENV_PY_FIX}"
         )
+
+
+def _close_refused_coroutines(refusal: BaseException) -> None:
+    """asyncio.run(coro) refused inside the running loop leaves coro never awaited, and Python
+    then warns about it in whatever test runs when it is collected: close it here, so the
+    message above is all the user sees."""
+    frame = refusal.__traceback__
+    while frame is not None:
+        for value in frame.tb_frame.f_locals.values():
+            if isinstance(value, types.CoroutineType) and coroutine_state(value) == CORO_CREATED:
+                value.close()
+        frame = frame.tb_next
 
 
 def downgrade(project: Project, connection: Connection, revision: str = "base") -> None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from inspect import CORO_CLOSED, getcoroutinestate
 from pathlib import Path
 from textwrap import indent
+from types import CoroutineType
 
 import pytest
 import pytest_asyncio
@@ -121,6 +123,17 @@ async def test_what_env_py_leaves_out_of_autogenerate_is_not_drift(
     assert with_options == []
 
 
+def _coroutines_in(error: BaseException | None) -> list[str]:
+    """The states of the coroutines the frames of `error`'s traceback hold."""
+    found: list[str] = []
+    frame = error.__traceback__ if error is not None else None
+    while frame is not None:
+        values = frame.tb_frame.f_locals.values()
+        found += [getcoroutinestate(v) for v in values if isinstance(v, CoroutineType)]
+        frame = frame.tb_next
+    return found
+
+
 async def test_the_printed_snippet_fixes_alembics_async_template_and_keeps_its_options(
     scratch: AsyncEngine, project: Project
 ) -> None:
@@ -137,6 +150,10 @@ async def test_the_printed_snippet_fixes_alembics_async_template_and_keeps_its_o
     with pytest.raises(MigrationError) as refused:
         async with scratch.begin() as conn:
             await conn.run_sync(lambda sync: migrate(project, sync))
+    message = str(refused.value)
+    # The coroutine the refused asyncio.run was given is closed, not left to warn "never
+    # awaited" in whatever test runs when it is collected.
+    assert _coroutines_in(refused.value.__context__) == [CORO_CLOSED]
     online = ENV_PY_SNIPPET[ENV_PY_SNIPPET.index("def run_migrations_online") :]
     as_in_template = (
         "def run_migrations_online() -> None:\n"
@@ -154,7 +171,7 @@ async def test_the_printed_snippet_fixes_alembics_async_template_and_keeps_its_o
             lambda sync: drift(sync, models_with_legacy_table(), project)
         )
 
-    assert "started their own event loop" in str(refused.value)
-    assert indent(ENV_PY_SNIPPET, "    ") in str(refused.value)
+    assert "started their own event loop" in message
+    assert indent(ENV_PY_SNIPPET, "    ") in message
     assert tables == {"notes", "alembic_version"}
     assert differences == []
