@@ -25,7 +25,7 @@ from typing import TextIO
 
 from ..config import EmbeddedSettings
 from ..contract import resolve_database
-from ..process import free_port
+from ..process import die_with_parent, free_port
 from ..project import Project
 from .launcher import RunningServices, create_embedded_services
 from .migrated import MigrationsFailedError
@@ -100,8 +100,17 @@ class _Child:
             raise _Interrupted(self.received[0])
 
     def start(self, added: Mapping[str, str]) -> None:
+        """Start the command (on the main thread: it gets SIGTERM when this process dies, even
+        by SIGKILL, as its services then do; it would otherwise go on against none)."""
+        dies_with_us = die_with_parent(os.getpid(), signal.SIGTERM)
+        ignores_sigint = self.armed is not None
+
+        def preexec() -> None:
+            dies_with_us()
+            if ignores_sigint:
+                _ignore_sigint()
+
         try:
-            preexec = _ignore_sigint if self.armed is not None else None
             self.proc = subprocess.Popen(self.cmd, env={**os.environ, **added}, preexec_fn=preexec)
         except OSError as exc:
             raise _CannotRun(f"cannot run {shlex.join(self.cmd)}: {exc}") from None
