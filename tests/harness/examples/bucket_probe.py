@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import httpx
-from botocore.config import Config
 from realstack.config import RunTargets
 from realstack.contract import S3Target
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from tests.harness.sample.attachments import own_s3_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -26,14 +26,7 @@ if TYPE_CHECKING:
 def own_client(target: S3Target | None) -> S3Client:
     """A boto3 client of the test's own, as an app or a repository class would build it."""
     assert target is not None
-    return boto3.client(
-        "s3",
-        endpoint_url=target.endpoint_url,
-        region_name=target.region,
-        aws_access_key_id=target.access_key,
-        aws_secret_access_key=target.secret_key,
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-    )
+    return own_s3_client(target)
 
 
 async def put(target: S3Target | None, bucket: str | None, key: str) -> None:

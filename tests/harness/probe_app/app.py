@@ -14,13 +14,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-import boto3
-from botocore.config import Config
 from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tests.harness.sample.attachments import own_s3_client
 from tests.harness.sample.db import create_engine_for
 from tests.harness.sample.models import Note
 from tests.harness.sample.settings import S3Settings, Settings
@@ -35,14 +34,7 @@ class BlobStore:
 
     def __init__(self, s3: S3Settings) -> None:
         self.bucket = s3.bucket
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=s3.endpoint_url,
-            region_name=s3.region,
-            aws_access_key_id=s3.access_key,
-            aws_secret_access_key=s3.secret_key,
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-        )
+        self.client = own_s3_client(s3)
 
     async def put(self, key: str, body: bytes) -> None:
         await asyncio.to_thread(self.client.put_object, Bucket=self.bucket, Key=key, Body=body)

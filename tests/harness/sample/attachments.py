@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import boto3
 from botocore.config import Config
@@ -14,15 +14,29 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from .db import find_note, get_session
 from .settings import S3Settings
 
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-def attachment_key(note_id: int) -> str:
-    return f"notes/{note_id}/attachment"
+class S3Endpoint(Protocol):
+    """Where an S3 server is and the keys for it: the app's S3Settings, or the harness's
+    S3Target."""
+
+    @property
+    def endpoint_url(self) -> str | None: ...
+    @property
+    def region(self) -> str: ...
+    @property
+    def access_key(self) -> str: ...
+    @property
+    def secret_key(self) -> str: ...
 
 
-def add_attachment_routes(app: FastAPI, s3: S3Settings) -> None:
-    client = boto3.client(
+def own_s3_client(s3: S3Endpoint) -> S3Client:
+    """A boto3 client of the app's own (not the harness's), as a service builds one."""
+    return boto3.client(
         "s3",
         endpoint_url=s3.endpoint_url,
         region_name=s3.region,
@@ -30,6 +44,14 @@ def add_attachment_routes(app: FastAPI, s3: S3Settings) -> None:
         aws_secret_access_key=s3.secret_key,
         config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
     )
+
+
+def attachment_key(note_id: int) -> str:
+    return f"notes/{note_id}/attachment"
+
+
+def add_attachment_routes(app: FastAPI, s3: S3Settings) -> None:
+    client = own_s3_client(s3)
 
     @app.put("/notes/{note_id}/attachment", status_code=204)
     async def put_attachment(note_id: int, request: Request, session: SessionDep) -> None:
