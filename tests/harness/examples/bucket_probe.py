@@ -12,6 +12,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import pytest
 from realstack.config import RunTargets
 from realstack.contract import S3Target
 from sqlalchemy import text
@@ -61,6 +62,7 @@ async def test_2_writes_after_the_harness_client_served_a_request(
 ) -> None:
     assert (await client.get("/notes")).status_code == 200
     await put(run_targets.s3, run_targets.bucket, "after-a-request")
+    assert await keys(run_targets.s3, run_targets.bucket) == ["after-a-request"]
 
 
 async def test_2_the_next_test_finds_the_bucket_empty(run_targets: RunTargets) -> None:
@@ -69,6 +71,7 @@ async def test_2_the_next_test_finds_the_bucket_empty(run_targets: RunTargets) -
 
 async def test_3_writes_knowing_only_the_bucket_name(s3_target: S3Target, s3_bucket: str) -> None:
     await put(s3_target, s3_bucket, "by-name")
+    assert await keys(s3_target, s3_bucket) == ["by-name"]
 
 
 async def test_3_the_next_test_finds_the_bucket_empty(s3_target: S3Target, s3_bucket: str) -> None:
@@ -77,14 +80,15 @@ async def test_3_the_next_test_finds_the_bucket_empty(s3_target: S3Target, s3_bu
 
 async def test_4_writes_knowing_only_the_raw_targets(run_targets: RunTargets) -> None:
     await put(run_targets.s3, run_targets.bucket, "by-targets")
+    assert await keys(run_targets.s3, run_targets.bucket) == ["by-targets"]
 
 
 async def test_4_the_next_test_finds_the_bucket_empty(s3_target: S3Target, s3_bucket: str) -> None:
     assert await keys(s3_target, s3_bucket) == []
 
 
-async def test_sees_the_bucket_and_writes_nothing(run_targets: RunTargets) -> None:
-    assert run_targets.bucket
+async def test_sees_the_bucket_and_writes_nothing(run_targets: RunTargets, s3_bucket: str) -> None:
+    assert run_targets.bucket == s3_bucket  # the adapter's targets name the run's own bucket
 
 
 async def test_uses_only_the_database(db_session: AsyncSession) -> None:
@@ -96,9 +100,14 @@ async def test_uses_only_the_engine(engine: AsyncEngine) -> None:
         assert await conn.scalar(text("SELECT 1")) == 1
 
 
-def test_uses_no_service() -> None:
-    assert True
+def test_uses_no_service(request: pytest.FixtureRequest) -> None:
+    """No after-test check was put in its fixtures: nothing of the harness runs around it."""
+    assert {"_after_db_test", "_after_s3_test"}.isdisjoint(request.fixturenames)
 
 
-def test_last_whose_teardown_also_ends_the_session() -> None:
-    """The run's bucket is deleted (two listings) during the last test's teardown."""
+async def test_last_finds_the_bucket_empty_before_the_session_ends(
+    s3_target: S3Target, s3_bucket: str
+) -> None:
+    """Last: its teardown also ends the session, whose listings (the bucket's deletion) it
+    takes, so no test above is charged with them."""
+    assert await keys(s3_target, s3_bucket) == []

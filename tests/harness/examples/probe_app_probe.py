@@ -106,7 +106,10 @@ async def test_a_repository_writes_with_its_own_client_and_no_request(
     """No request served and no s3_client: only the bucket's emptiness check can see this."""
     settings = Settings.from_targets(run_targets)
     assert settings.s3 is not None
-    await BlobStore(settings.s3).put("written-behind-the-harness", b"bytes")
+    store = BlobStore(settings.s3)
+    await store.put("written-behind-the-harness", b"bytes")
+    listed = await asyncio.to_thread(store.client.list_objects_v2, Bucket=store.bucket)
+    assert [o["Key"] for o in listed.get("Contents", [])] == ["written-behind-the-harness"]
 
 
 async def test_the_bucket_is_empty_when_the_next_test_starts(
