@@ -216,6 +216,11 @@ def remove_unattached_shared_memory(key: int, shmid: int) -> bool:
     return False
 
 
+# exclusive_lock's tries when the file it locked was replaced meanwhile (each try needs another
+# process to have unlinked and made it again in between): a bound, not a spin.
+LOCK_ATTEMPTS = 20
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: Path) -> Iterator[bool]:
     """Try to hold an exclusive lock on `path` (created if missing, in a folder that must
@@ -224,7 +229,7 @@ def exclusive_lock(path: Path) -> Iterator[bool]:
     taken on a file that is no longer at `path` is let go and `path` taken again."""
     import fcntl
 
-    while True:
+    for _ in range(LOCK_ATTEMPTS):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -239,6 +244,9 @@ def exclusive_lock(path: Path) -> Iterator[bool]:
         if current:
             break
         os.close(fd)
+    else:  # replaced under us every time: others are taking and letting go of it; not ours
+        yield False
+        return
     try:
         yield True
     finally:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from realstack.process import (
+    LOCK_ATTEMPTS,
     apoll_until,
     choose_ports,
     cmdline,
@@ -185,3 +186,25 @@ def test_a_lock_whose_file_its_holder_replaced_is_not_held_twice(
         os.close(other[0])
     with exclusive_lock(path) as got:
         assert got
+
+
+def test_a_lock_file_replaced_at_every_try_is_given_up_after_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    path = tmp_path / "x.lock"
+    real_flock = fcntl.flock
+    tries: list[int] = []
+
+    def always_replaced(fd: int, operation: int) -> None:
+        tries.append(fd)
+        path.unlink()
+        path.touch()  # a new file at the path, every time
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", always_replaced)
+    with exclusive_lock(path) as got:
+        assert not got
+
+    assert len(tries) == LOCK_ATTEMPTS
