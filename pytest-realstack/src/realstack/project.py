@@ -274,7 +274,7 @@ def _missing_guarded_paths(root: Path, guarded: list[Any]) -> list[str]:
         there = f"; there: {', '.join(near)}" if near else ""
         problems.append(
             f"guarded_paths: {path!r} does not exist under {root}{there} (its tests would run "
-            "without the harness)"
+            "without the harness); fix: name the folder your integration tests are in"
         )
     return problems
 

@@ -125,5 +125,6 @@ def test_a_guarded_path_that_is_not_there_is_refused_naming_the_folders_that_are
 
     assert (
         f"guarded_paths: 'tests/integraton' does not exist under {tmp_path.resolve()}; there: "
-        "tests/integration, tests/unit (its tests would run without the harness)"
+        "tests/integration, tests/unit (its tests would run without the harness); fix: name "
+        "the folder your integration tests are in"
     ) in str(problems.value)
