@@ -44,6 +44,7 @@ from .embedded_support import (
     PACKAGE,
     assert_nothing_left,
     cli_env,
+    python_in,
     runs_in,
     settings_for,
     wait_for,
@@ -53,15 +54,7 @@ NEVER_ALIVE_PID = 2**22 + 1
 
 
 def _cli(project: Project, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", PACKAGE, *args],
-        cwd=project.root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return python_in(project, env, "-m", PACKAGE, *args, timeout_s=120)
 
 
 def _write_services_file(path: Path, variables: dict[str, str], pid: int = NEVER_ALIVE_PID) -> None:
@@ -161,15 +154,7 @@ def test_a_command_run_on_the_warm_services_trusts_their_variables(
 
         ran = _cli(project, env, "run", "--", sys.executable, "-c", PRINT_ORIGIN)
         elsewhere = {**env, "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "1"}
-        beside = subprocess.run(
-            [sys.executable, "-c", PRINT_ORIGIN],
-            cwd=project.root,
-            env=elsewhere,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        beside = python_in(project, elsewhere, "-c", PRINT_ORIGIN, timeout_s=60)
 
         # `run -- CMD` hands CMD the warm services' POSTGRES_*, without a ready file: they are
         # recognised as the harness's own, not inspected like a docker-compose .env's.
@@ -290,15 +275,7 @@ def test_clean_removes_dead_runs_keeps_live_ones_and_needs_no_boto3_without_s3(
         dead.mkdir()
         (dead / STATE_FILE).write_text(RunState(NEVER_ALIVE_PID, 1).dump())
         env = cli_env(run_base, cache_dir) | running.env
-        cleaned = subprocess.run(
-            [sys.executable, "-c", check],
-            cwd=project.root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        cleaned = python_in(project, env, "-c", check, timeout_s=120)
         assert runs_in(run_base) == [running.run.path]  # the live run is left alone
         assert not dead.exists()
 
