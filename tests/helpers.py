@@ -1,5 +1,5 @@
-"""Shared helpers of docstore's tests: one home each for creating documents, counting what is
-stored, bearer headers, and watching processes (psutil).
+"""Shared helpers of docstore's tests: one home each for creating and patching documents,
+counting what is stored, bearer headers, and watching processes (psutil).
 
 Imported by the app's tests (tests/integration/) and by the benchmarks (bench/); the harness
 core never imports it.
@@ -27,6 +27,7 @@ __all__ = [
     "create_document",
     "eventually",
     "object_keys",
+    "patch_document",
     "proc_status_kb",
     "upload",
     "wait_until",
@@ -68,6 +69,16 @@ async def create_document(
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+async def patch_document(
+    client: httpx.AsyncClient, document_id: str, changes: dict[str, Any], if_match: str = "1"
+) -> httpx.Response:
+    """PATCH /documents/{id} with `changes` under If-Match (version 1 unless told); the answer
+    is returned as it is, for tests of refusals."""
+    return await client.patch(
+        f"/documents/{document_id}", json=changes, headers={"If-Match": if_match}
+    )
 
 
 # ---------------------------------------------------------------- what is stored

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 from realstack import contract
 from realstack.config import HarnessConfig
-from realstack.project import Project
+from realstack.project import Project, load_project
 
 TIER_DIR = Path(__file__).resolve().parent
 TIER_CONFIG = TIER_DIR / "pyproject.toml"
@@ -41,6 +41,26 @@ def clean_environment(*projects: Project) -> dict[str, str]:
     file, the app's URL), and the contract's service variables: a fresh run, with no services."""
     prefixes = ("PYTEST_", *(f"{p.env_prefix}_" for p in projects))
     return {k: v for k, v in os.environ.items() if not k.startswith(prefixes) and k not in _DROPPED}
+
+
+def installed_harness_environment(config: HarnessConfig, root: Path) -> dict[str, str]:
+    """clean_environment for the project at `root` (one built with `copy_core=False`), without
+    PYTHONPATH: its run imports the harness installed in this env, as a team's would."""
+    env = clean_environment(config.project, load_project(root / "pyproject.toml"))
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def pytest_in(root: Path, env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`pytest -v ARGS` from the project at `root`, under `env`, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-v", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=NESTED_TIMEOUT_S,
+    )
 
 
 def service_environment(config: HarnessConfig, *, with_s3: bool = True) -> dict[str, str]:

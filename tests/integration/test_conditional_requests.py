@@ -8,7 +8,7 @@ import hashlib
 import httpx
 import pytest
 
-from tests.helpers import create_document
+from tests.helpers import create_document, patch_document
 
 CONTENT = b"0123456789abcdef"
 
@@ -19,9 +19,7 @@ async def test_if_match_star_and_lists_match_the_current_version(
 ) -> None:
     created = await create_document(authed_client)
 
-    response = await authed_client.patch(
-        f"/documents/{created['id']}", json={"filename": "b.txt"}, headers={"If-Match": if_match}
-    )
+    response = await patch_document(authed_client, created["id"], {"filename": "b.txt"}, if_match)
 
     assert response.status_code == 200, response.text
     assert response.json()["version"] == 2
@@ -33,9 +31,7 @@ async def test_if_match_without_the_current_version_strongly_gets_412(
 ) -> None:
     created = await create_document(authed_client)
 
-    response = await authed_client.patch(
-        f"/documents/{created['id']}", json={"filename": "b.txt"}, headers={"If-Match": if_match}
-    )
+    response = await patch_document(authed_client, created["id"], {"filename": "b.txt"}, if_match)
 
     assert response.status_code == 412, response.text
 
@@ -44,9 +40,7 @@ async def test_delete_with_a_stale_if_match_gets_412_and_keeps_the_document(
     authed_client: httpx.AsyncClient,
 ) -> None:
     created = await create_document(authed_client)
-    renamed = await authed_client.patch(
-        f"/documents/{created['id']}", json={"filename": "b.txt"}, headers={"If-Match": "1"}
-    )
+    renamed = await patch_document(authed_client, created["id"], {"filename": "b.txt"})
     assert renamed.status_code == 200
 
     stale = await authed_client.delete(f"/documents/{created['id']}", headers={"If-Match": "1"})

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.util import await_only
 
 from api.models import Document, PendingObjectDeletion, document_tags
-from tests.helpers import count_rows, create_document, object_keys
+from tests.helpers import count_rows, create_document, object_keys, patch_document
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -56,14 +56,10 @@ async def test_patch_with_a_stale_version_gets_412_and_changes_nothing(
     authed_client: httpx.AsyncClient,
 ) -> None:
     created = await create_document(authed_client)
-    first = await authed_client.patch(
-        f"/documents/{created['id']}", json={"filename": "one.txt"}, headers={"If-Match": "1"}
-    )
+    first = await patch_document(authed_client, created["id"], {"filename": "one.txt"})
     assert first.status_code == 200
 
-    stale = await authed_client.patch(
-        f"/documents/{created['id']}", json={"filename": "two.txt"}, headers={"If-Match": "1"}
-    )
+    stale = await patch_document(authed_client, created["id"], {"filename": "two.txt"})
 
     assert stale.status_code == 412
     current = (await authed_client.get(f"/documents/{created['id']}")).json()

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,6 +48,22 @@ def cli_env(run_base: Path, cache_dir: Path, **extra: str) -> dict[str, str]:
         "TEST_HARNESS_CACHE_DIR": str(cache_dir),
     }
     return env | extra
+
+
+def python_in(
+    project: Project, env: dict[str, str], *args: str, timeout_s: float = 2 * DEADLINE_S
+) -> subprocess.CompletedProcess[str]:
+    """`python ARGS` from the project's directory under `env` (`-m PACKAGE run ...` for the
+    launcher's command line), its output captured; the exit code is the caller's to assert."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=project.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
 
 
 def shared_cache_dir() -> Iterator[Path]:

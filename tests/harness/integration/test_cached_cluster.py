@@ -12,7 +12,6 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,12 +32,15 @@ from .embedded_support import (
     PACKAGE,
     cli_env,
     private_run_base,
+    python_in,
     settings_for,
     shared_cache_dir,
 )
 
 READY = re.compile(r"postgres 18\.\d+ ready at 127\.0\.0\.1:\d+ in \d+\.\d\d s \((.+)\)")
 cache_dir_for = contextlib.contextmanager(shared_cache_dir)
+# The command line's run of a command that does nothing: the start is what is tested.
+RUN_NOTHING = ("run", "--", sys.executable, "-c", "pass")
 
 
 @pytest.fixture(scope="module")
@@ -221,15 +223,7 @@ def test_the_command_line_heals_the_cache_without_a_traceback(
     entry = cached_entry(cache)
     damage(entry)
 
-    runner = subprocess.run(
-        [sys.executable, "-m", PACKAGE, "run", "--", sys.executable, "-c", "pass"],
-        cwd=project.root,
-        env=cli_env(run_base, cache),
-        capture_output=True,
-        text=True,
-        timeout=2 * DEADLINE_S,
-        check=False,
-    )
+    runner = python_in(project, cli_env(run_base, cache), "-m", PACKAGE, *RUN_NOTHING)
 
     assert runner.returncode == 0, runner.stderr
     assert runner.stderr.splitlines()[0] == discarded_line(entry, reason)
@@ -323,15 +317,7 @@ def test_a_full_disk_gives_one_short_line_and_keeps_the_cache(
 ) -> None:
     entry = cached_entry(cache)
 
-    runner = subprocess.run(
-        [sys.executable, "-c", FULL_DISK, "run", "--", sys.executable, "-c", "pass"],
-        cwd=project.root,
-        env=cli_env(run_base, cache),
-        capture_output=True,
-        text=True,
-        timeout=2 * DEADLINE_S,
-        check=False,
-    )
+    runner = python_in(project, cli_env(run_base, cache), "-c", FULL_DISK, *RUN_NOTHING)
 
     assert runner.returncode == 3, runner.stderr
     assert runner.stderr.splitlines() == [

@@ -45,6 +45,7 @@ from .embedded_support import (
     cli_env,
     port_closed,
     processes_mentioning,
+    python_in,
     runs_in,
     settings_for,
     wait_for,
@@ -617,15 +618,7 @@ def test_missing_binaries_give_a_short_message_and_no_traceback(
     project: Project, run_base: Path, cache_dir: Path
 ) -> None:
     env = cli_env(run_base, cache_dir, PG_BINDIR=str(run_base / "nowhere"))
-    runner = subprocess.run(
-        [sys.executable, "-m", PACKAGE, "run", "--", "true"],
-        cwd=project.root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE_S,
-        check=False,
-    )
+    runner = python_in(project, env, "-m", PACKAGE, "run", "--", "true", timeout_s=DEADLINE_S)
 
     assert runner.returncode == 3
     assert "PG_BINDIR" in runner.stderr and str(run_base / "nowhere") in runner.stderr

@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 from tests.harness.helpers import database_exists, engine_on, write_migrations_project
 from tests.harness.nested import REPO_ROOT, service_environment
 
-from .embedded_support import DEADLINE_S, IMPORT_ROOT, PACKAGE, cli_env
+from .embedded_support import IMPORT_ROOT, PACKAGE, cli_env, python_in
 
 HEAD = "0001"  # the sample's one revision
 # The app's env.py: the harness's snippet, and its own engine on the app's URL variable (what
@@ -82,14 +82,7 @@ def run_cli_command(
     project: Project, run_base: Path, cache_dir: Path, *args: str
 ) -> subprocess.CompletedProcess[str]:
     env = cli_env(run_base, cache_dir, PYTHONPATH=f"{IMPORT_ROOT}:{REPO_ROOT}")
-    return subprocess.run(
-        [sys.executable, "-m", PACKAGE, *args],
-        cwd=project.root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE_S * 2,
-    )
+    return python_in(project, env, "-m", PACKAGE, *args)
 
 
 def revisions(project: Project) -> set[Path]:

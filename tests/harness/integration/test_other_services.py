@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import socketserver
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +19,9 @@ from realstack.project import load_project
 from realstack.stamps import RunNames
 
 from tests.harness.helpers import names_for
-from tests.harness.nested import clean_environment, service_environment
+from tests.harness.nested import installed_harness_environment, pytest_in, service_environment
 from tests.harness.notes_project import APP_DATABASE_URL, build_project
 
-TIMEOUT_S = 180
 MARKER = '"broker: needs the message broker, which the harness does not provide"'
 
 PING = """\
@@ -100,21 +98,11 @@ def project(tmp_path: Path) -> Path:
 
 
 async def _pytest(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "pytest", "-v", *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
+    return await asyncio.to_thread(pytest_in, root, env, *args)
 
 
 def _no_services(config: HarnessConfig, root: Path) -> dict[str, str]:
-    notes = load_project(root / "pyproject.toml")
-    env = clean_environment(config.project, notes)
-    env.pop("PYTHONPATH", None)
+    env = installed_harness_environment(config, root)
     env.pop(APP_DATABASE_URL, None)
     return env
 

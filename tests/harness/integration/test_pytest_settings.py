@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 from realstack.config import HarnessConfig
@@ -15,10 +14,9 @@ from realstack.project import load_project
 from realstack.stamps import RunNames
 
 from tests.harness.helpers import names_for
-from tests.harness.nested import clean_environment, service_environment
+from tests.harness.nested import installed_harness_environment, pytest_in, service_environment
 from tests.harness.notes_project import build_project
 
-TIMEOUT_S = 180
 ANYIO_TEST = """\
 import pytest
 from sqlalchemy import text
@@ -47,18 +45,10 @@ def run_pytest(
 ) -> subprocess.CompletedProcess[str]:
     """pytest in the project, with this env's installed harness, on this run's PostgreSQL."""
     notes = load_project(root / "pyproject.toml")
-    env = clean_environment(harness_config.project, notes)
-    env.pop("PYTHONPATH", None)
+    env = installed_harness_environment(harness_config, root)
     env |= service_environment(harness_config, with_s3=False)
     env[notes.run_id_variable] = run_id
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-v", *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
+    return pytest_in(root, env, *args)
 
 
 def test_a_native_table_missing_a_loop_scope_gets_the_line_for_that_table(

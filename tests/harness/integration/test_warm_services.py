@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,7 @@ from .embedded_support import (
     PACKAGE,
     assert_nothing_left,
     cli_env,
+    python_in,
     runs_in,
     settings_for,
     wait_for,
@@ -53,21 +56,21 @@ NEVER_ALIVE_PID = 2**22 + 1
 
 
 def _cli(project: Project, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", PACKAGE, *args],
-        cwd=project.root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return python_in(project, env, "-m", PACKAGE, *args, timeout_s=120)
 
 
 def _write_services_file(path: Path, variables: dict[str, str], pid: int = NEVER_ALIVE_PID) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {"format": 1, "supervisor": {"pid": pid, "started": 1}, "variables": variables}
     path.write_text(json.dumps(document))
+
+
+def _closed_port() -> int:
+    """A port nothing listens on: bound, then closed again."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
 
 
 def _answers(port: str) -> bool:
@@ -161,15 +164,7 @@ def test_a_command_run_on_the_warm_services_trusts_their_variables(
 
         ran = _cli(project, env, "run", "--", sys.executable, "-c", PRINT_ORIGIN)
         elsewhere = {**env, "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "1"}
-        beside = subprocess.run(
-            [sys.executable, "-c", PRINT_ORIGIN],
-            cwd=project.root,
-            env=elsewhere,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        beside = python_in(project, elsewhere, "-c", PRINT_ORIGIN, timeout_s=60)
 
         # `run -- CMD` hands CMD the warm services' POSTGRES_*, without a ready file: they are
         # recognised as the harness's own, not inspected like a docker-compose .env's.
@@ -187,9 +182,7 @@ def test_run_with_a_stale_services_file_says_so_and_starts_its_own(
     tmp_path: Path, run_base: Path, cache_dir: Path
 ) -> None:
     project = write_project(tmp_path / "sample", ("postgres",))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed_port = s.getsockname()[1]
+    closed_port = _closed_port()
     _write_services_file(
         settings_for(project, run_base, cache_dir).services_file,
         {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(closed_port)},
@@ -216,9 +209,7 @@ def test_a_file_naming_dead_services_is_reported_with_the_fix(
     tmp_path: Path, run_base: Path, cache_dir: Path
 ) -> None:
     settings = settings_for(write_project(tmp_path / "sample"), run_base, cache_dir)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed_port = s.getsockname()[1]
+    closed_port = _closed_port()
     _write_services_file(
         settings.services_file,
         {
@@ -290,15 +281,7 @@ def test_clean_removes_dead_runs_keeps_live_ones_and_needs_no_boto3_without_s3(
         dead.mkdir()
         (dead / STATE_FILE).write_text(RunState(NEVER_ALIVE_PID, 1).dump())
         env = cli_env(run_base, cache_dir) | running.env
-        cleaned = subprocess.run(
-            [sys.executable, "-c", check],
-            cwd=project.root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        cleaned = python_in(project, env, "-c", check, timeout_s=120)
         assert runs_in(run_base) == [running.run.path]  # the live run is left alone
         assert not dead.exists()
 
@@ -420,6 +403,27 @@ def _warm_postgres(warm: Warm) -> int:
     return leader
 
 
+@contextmanager
+def _down_at_the_end(warm: Warm) -> Iterator[None]:
+    """`down` when the block ends, however it ends: no warm services outlive the test."""
+    try:
+        yield
+    finally:
+        _cli(warm.project, warm.env, "down")
+
+
+@contextmanager
+def _warm_postgres_resumed_at_the_end(warm: Warm) -> Iterator[int]:
+    """The warm PostgreSQL's postmaster for a test that pauses it: resumed when the block ends
+    (however it ends), then `down`."""
+    leader = _warm_postgres(warm)
+    with _down_at_the_end(warm):
+        try:
+            yield leader
+        finally:
+            resume_tree(leader)
+
+
 # What a run does first with the database: it hangs on a stopped server, whatever TCP says.
 CONNECT = (
     "import asyncio, os, asyncpg; asyncio.run(asyncpg.connect(host='127.0.0.1', "
@@ -433,8 +437,7 @@ def test_a_warm_server_left_paused_by_a_killed_run_is_resumed_by_the_next_saying
     tmp_path: Path, run_base: Path, cache_dir: Path
 ) -> None:
     warm = _warm_up(tmp_path, run_base, cache_dir)
-    leader = _warm_postgres(warm)
-    try:
+    with _warm_postgres_resumed_at_the_end(warm) as leader:
         pause_tree(leader)  # what a run SIGKILLed inside server_faults.paused() leaves: no lock
 
         ran = _cli(
@@ -446,17 +449,13 @@ def test_a_warm_server_left_paused_by_a_killed_run_is_resumed_by_the_next_saying
         assert f"harness: resumed the warm server(s) postgres (pid {leader})" in ran.stderr
         assert ran.stderr.count("resumed") == 1  # one line
         assert not is_stopped(leader)
-    finally:
-        resume_tree(leader)
-        _cli(warm.project, warm.env, "down")
 
 
 def test_a_warm_server_another_live_run_has_paused_is_left_paused(
     tmp_path: Path, run_base: Path, cache_dir: Path
 ) -> None:
     warm = _warm_up(tmp_path, run_base, cache_dir)
-    leader = _warm_postgres(warm)
-    try:
+    with _warm_postgres_resumed_at_the_end(warm) as leader:
         with exclusive_lock(pause_lock(run_base, leader)) as mine:  # a live run's pause
             assert mine
             pause_tree(leader)
@@ -466,9 +465,6 @@ def test_a_warm_server_another_live_run_has_paused_is_left_paused(
         # The pausing run is gone (its lock with it): the next one resumes the server.
         assert resume_left_paused(run_base, warm.supervisor) == [f"postgres (pid {leader})"]
         assert not is_stopped(leader)
-    finally:
-        resume_tree(leader)
-        _cli(warm.project, warm.env, "down")
 
 
 def test_warm_messages_name_the_make_targets_under_make(
@@ -526,23 +522,20 @@ def test_services_down_during_a_run_ends_it_with_one_summary_line(
     tmp_path: Path, run_base: Path, cache_dir: Path
 ) -> None:
     warm = _warm_notes(tmp_path, run_base, cache_dir, DOWN_MID_RUN)
-    try:
+    with _down_at_the_end(warm):
         code, output = _pytest(warm)
 
         assert code == 2, output  # interrupted: not a crash, not a hang
         assert output.count("stopped answering during the run") == 1, output
         assert "test_2_after_it" not in output, output  # not 20 more failures
         assert "Traceback" not in output and "INTERNALERROR" not in output, output
-    finally:
-        _cli(warm.project, warm.env, "down")
 
 
 def test_a_pytest_run_resumes_a_warm_server_left_paused_and_says_so_past_the_capture(
     tmp_path: Path, run_base: Path, cache_dir: Path
 ) -> None:
     warm = _warm_notes(tmp_path, run_base, cache_dir)
-    leader = _warm_postgres(warm)
-    try:
+    with _warm_postgres_resumed_at_the_end(warm) as leader:
         pause_tree(leader)  # as a run SIGKILLed inside server_faults.paused() leaves it
 
         code, output = _pytest(warm)
@@ -550,9 +543,6 @@ def test_a_pytest_run_resumes_a_warm_server_left_paused_and_says_so_past_the_cap
         assert code == 0, output
         assert output.count(f"harness: resumed the warm server(s) postgres (pid {leader})") == 1
         assert not is_stopped(leader)
-    finally:
-        resume_tree(leader)
-        _cli(warm.project, warm.env, "down")
 
 
 def test_up_on_a_fresh_machine_makes_the_run_base_and_down_leaves_nothing_there(
