@@ -108,7 +108,7 @@ def resolve_config(
 def _write_trace(s3: S3Target | None, env: Mapping[str, str], project: Project) -> str | None:
     """The launcher's trace, for the launcher's own endpoint only: an endpoint given by
     TEST_S3_ENDPOINT_URL is another server, whose bucket is listed after every test."""
-    if s3 is None or s3.source != "MINIO_HOST/MINIO_PORT":
+    if s3 is None or s3.source != contract.FROM_MINIO_VARIABLES:
         return None
     return contract.TEST_S3_WRITE_TRACE.get(env, project)
 

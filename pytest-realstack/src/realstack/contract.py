@@ -120,7 +120,16 @@ def _cache_dir(project: Project) -> str:
     return f"/var/tmp/{project.name}-harness-cache-{os.geteuid()}"
 
 
-_CONTAINER = re.compile(r"[\w.-]+-tox-(?P<pid>[0-9]+)")
+_CONTAINER = re.compile(r"(?P<base>[\w.-]+)-tox-(?P<pid>[0-9]+)")
+
+
+def tox_container(name: str) -> tuple[str, int] | None:
+    """(the [docker:NAME] section's name, the pid of its tox run) of a container tox-docker
+    named `<NAME>-tox-<pid>`; None for any other name."""
+    match = _CONTAINER.fullmatch(name)
+    return (match["base"], int(match["pid"])) if match else None
+
+
 _ASSIGNMENT = re.compile(r"(?P<name>[A-Z0-9_]+)=(?P<value>\S+)")
 MARK_EXAMPLE = "postgres-tox-4242 POSTGRES_HOST=127.0.0.1 POSTGRES_PORT=32768"
 
@@ -163,9 +172,9 @@ class ToxDockerMark:
         """(name, pid of its tox run) of the container tox-docker set all of `values` for."""
         for name, variables in self.containers:
             if values.items() <= dict(variables).items():
-                match = _CONTAINER.fullmatch(name)
-                assert match is not None  # parse() and the hook write only such names
-                return name, int(match["pid"])
+                named = tox_container(name)
+                assert named is not None  # parse() and the hook write only such names
+                return name, named[1]
         return None
 
 
@@ -376,6 +385,11 @@ class S3Target:
     source: str = ""
 
 
+# A target's `source` when the service variables (tox-docker's, or the launcher's) named it.
+FROM_POSTGRES_VARIABLES = "POSTGRES_HOST/POSTGRES_PORT"
+FROM_MINIO_VARIABLES = "MINIO_HOST/MINIO_PORT"
+
+
 def resolve_database(project: Project, env: Mapping[str, str]) -> DatabaseTarget:
     """TEST_DATABASE_URL wins; else POSTGRES_HOST/PORT/USER/PASSWORD/DB. Never the app's URL."""
     explicit = TEST_DATABASE_URL.get(env, project)
@@ -389,7 +403,7 @@ def resolve_database(project: Project, env: Mapping[str, str]) -> DatabaseTarget
         for var in (POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB)
     )
     url = f"postgresql+asyncpg://{user}:{password}@{host}:{port}/{db}"
-    return DatabaseTarget(url, "POSTGRES_HOST/POSTGRES_PORT")
+    return DatabaseTarget(url, FROM_POSTGRES_VARIABLES)
 
 
 def resolve_s3(project: Project, env: Mapping[str, str]) -> S3Target:
@@ -403,4 +417,4 @@ def resolve_s3(project: Project, env: Mapping[str, str]) -> S3Target:
     host, port = MINIO_HOST.get(env, project), MINIO_PORT.get(env, project)
     if not (host and port):
         return S3Target(None, access, secret, region, "nothing")
-    return S3Target(f"http://{host}:{port}", access, secret, region, "MINIO_HOST/MINIO_PORT")
+    return S3Target(f"http://{host}:{port}", access, secret, region, FROM_MINIO_VARIABLES)

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .contract import tox_container
 from .process import pid_alive
 
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
@@ -82,11 +83,10 @@ def remove_leftovers_of_dead_runs(container_names: list[str]) -> list[str]:
         return []  # pids of another machine mean nothing here
     import docker
 
-    pattern = re.compile(rf"^({'|'.join(map(re.escape, container_names))})-tox-(\d+)$")
     dead = set()
     for container in docker.from_env().containers.list(all=True):
-        match = pattern.match(container.name or "")
-        if match and not pid_alive(int(match.group(2))):
+        named = tox_container(container.name or "")
+        if named and named[0] in container_names and not pid_alive(named[1]):
             dead.add(container.name)
     return remove_containers(dead)
 
