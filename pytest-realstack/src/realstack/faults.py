@@ -43,7 +43,7 @@ from .process import (
     queued_sockets,
     resume_tree,
 )
-from .services import kinds_of
+from .services import kinds_of, service_urls
 
 DEFAULT_MAX_PAUSE_S = 30.0
 DRAIN_TIMEOUT_S = 10.0
@@ -82,13 +82,11 @@ class Pausable:
 def service_ports(config: HarnessConfig) -> dict[str, int]:
     """The port of each service the run's targets name."""
     ports = {}
-    urls = {"postgres": config.database_url, "s3": config.s3.endpoint_url if config.s3 else None}
-    for service, url in urls.items():
-        if url:
-            with contextlib.suppress(ValueError):
-                port = urlsplit(url).port
-                if port:
-                    ports[service] = port
+    for service, url in service_urls(config).items():
+        with contextlib.suppress(ValueError):
+            port = urlsplit(url).port
+            if port:
+                ports[service] = port
     return ports
 
 

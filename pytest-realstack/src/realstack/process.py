@@ -268,6 +268,15 @@ def processes_running(argv_tail: list[str]) -> list[int]:
     return found
 
 
+def connect_error(host: str, port: int, timeout_s: float) -> str | None:
+    """None when a TCP connection to host:port opens within `timeout_s`; else why not."""
+    try:
+        with socket.create_connection((host, port), timeout_s):
+            return None
+    except OSError as exc:
+        return str(exc.strerror or exc)
+
+
 def free_port() -> int:
     """A loopback port that is free now; a server may still lose it before it binds."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ from ..contract import POSTGRES_HOST, POSTGRES_PORT, VARIABLES
 from ..process import (
     children,
     cmdline,
+    connect_error,
     descendants,
     exclusive_lock,
     is_same_process,
@@ -117,11 +117,7 @@ def write_services_file(path: Path, project: Project, env: Mapping[str, str]) ->
 
 
 def _port_answers(host: str, port: str) -> bool:
-    try:
-        with socket.create_connection((host, int(port)), timeout=1.0):
-            return True
-    except (OSError, ValueError):
-        return False
+    return port.isdigit() and connect_error(host, int(port), timeout_s=1.0) is None
 
 
 def _endpoints(project: Project) -> list[tuple[str, str]]:

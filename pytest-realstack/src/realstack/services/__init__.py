@@ -8,7 +8,6 @@ Everything above this layer asks `kinds_of(project)` instead of naming a service
 from __future__ import annotations
 
 import importlib
-import socket
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from urllib.parse import urlsplit
 
 from ..config import HarnessConfig
 from ..contract import Variable
+from ..process import connect_error
 from ..project import KNOWN_SERVICES, Project
 
 
@@ -34,6 +34,8 @@ class ServiceKind:
     sweep_dead: Callable[[Project, Mapping[str, str], bool], Coroutine[Any, Any, list[str]]]
     # The service's endpoint in the variables, for messages: "" when they name none.
     where: Callable[[Project, Mapping[str, str]], str]
+    # Its endpoint URL in the run's resolved targets; None when they name none.
+    endpoint: Callable[[HarnessConfig], str | None]
 
 
 def kind(name: str) -> ServiceKind:
@@ -48,20 +50,24 @@ def kinds_of(project: Project) -> list[ServiceKind]:
     return [kind(name) for name in KNOWN_SERVICES if name in project.services]
 
 
+def service_urls(config: HarnessConfig) -> dict[str, str]:
+    """The endpoint URL of each of the run's services, by its name ("postgres", "s3")."""
+    return {k.name: url for k in kinds_of(config.project) if (url := k.endpoint(config))}
+
+
+# Where a URL without a port connects.
+_DEFAULT_PORTS = {"postgresql": 5432, "https": 443, "http": 80}
+
+
 def endpoints_down(config: HarnessConfig, timeout_s: float = 2.0) -> list[str]:
     """The run's services that no longer accept connections at all (stopped, crashed,
     killed), e.g. "PostgreSQL at 127.0.0.1:5432 (Connection refused)"; [] when all do. A
     paused server still accepts them (the kernel does), so server_faults never shows here."""
-    urls = {"PostgreSQL": config.database_url}
-    if config.s3 is not None and config.s3.endpoint_url:
-        urls["S3"] = config.s3.endpoint_url
     down = []
-    for name, url in urls.items():
+    for name, url in service_urls(config).items():
         parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80 if name == "S3" else 5432)
-        try:
-            with socket.create_connection((parts.hostname or "127.0.0.1", port), timeout_s):
-                pass
-        except OSError as exc:
-            down.append(f"{name} at {parts.hostname}:{port} ({exc.strerror or exc})")
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.split("+")[0], 80)
+        error = connect_error(parts.hostname or "127.0.0.1", port, timeout_s)
+        if error is not None:
+            down.append(f"{kind(name).describe} at {parts.hostname}:{port} ({error})")
     return down

@@ -35,4 +35,5 @@ KIND = ServiceKind(
     fixtures="realstack.fixtures",
     sweep_dead=sweep_dead,
     where=where,
+    endpoint=lambda config: config.database_url,
 )

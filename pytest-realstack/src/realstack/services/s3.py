@@ -40,4 +40,5 @@ KIND = ServiceKind(
     fixtures="realstack.s3_fixtures",
     sweep_dead=sweep_dead,
     where=where,
+    endpoint=lambda config: config.s3.endpoint_url if config.s3 else None,
 )
