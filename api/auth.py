@@ -7,6 +7,13 @@ from collections.abc import Mapping
 
 from pydantic import SecretStr
 
+# The two ways a write is refused with 401 (WriteGuard, and require_owner behind it).
+NO_CREDENTIALS = "missing credentials: send Authorization: Bearer <token>"
+REFUSED_CREDENTIALS = "invalid token"
+# Where WriteGuard leaves the owner it found, in the request's scope["state"]: require_owner
+# takes it from there instead of comparing the token with every configured one again.
+OWNER_STATE_KEY = "owner"
+
 
 def owner_for_token(tokens: Mapping[str, SecretStr], presented: str) -> str | None:
     """Return the owner whose token equals `presented`, or None.

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from api.auth import owner_for_token
+from api.auth import NO_CREDENTIALS, OWNER_STATE_KEY, REFUSED_CREDENTIALS, owner_for_token
 from api.config import Settings
 from api.storage import Storage
 
@@ -89,15 +89,20 @@ def _unauthorized(detail: str) -> HTTPException:
 
 
 async def require_owner(
+    request: Request,
     settings: Annotated[Settings, Depends(get_settings)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    """The owner named by the Bearer token; 401 with WWW-Authenticate: Bearer otherwise."""
+    """The owner named by the Bearer token; 401 with WWW-Authenticate: Bearer otherwise. A
+    write WriteGuard let through carries the owner it found already."""
+    found: str | None = request.scope.get("state", {}).get(OWNER_STATE_KEY)
+    if found is not None:
+        return found
     if credentials is None:
-        raise _unauthorized("missing credentials: send Authorization: Bearer <token>")
+        raise _unauthorized(NO_CREDENTIALS)
     owner = owner_for_token(settings.api_tokens, credentials.credentials)
     if owner is None:
-        raise _unauthorized("invalid token")
+        raise _unauthorized(REFUSED_CREDENTIALS)
     return owner
 
 

@@ -9,8 +9,8 @@ check of `require_owner` came after the whole body had been buffered: an unauthe
   bounded by MAX_JSON_BODY_BYTES: 413 from Content-Length at once, or as soon as more
   arrives than that (chunked, or a Content-Length that lied).
 
-Reads stay public and untouched. require_owner still names the owner for the route; both
-ask api.auth.owner_for_token.
+Reads stay public and untouched. The owner it finds is left in the request's state, where
+require_owner takes it for the route: the token is compared once per write.
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import owner_for_token
+from api.auth import NO_CREDENTIALS, OWNER_STATE_KEY, REFUSED_CREDENTIALS, owner_for_token
 from api.config import Settings
+from api.routes.documents import router as documents_router
 
 # A PATCH body is a filename and a few tags: far below this.
 MAX_JSON_BODY_BYTES = 64 * 1024
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-GUARDED_PREFIX = "/documents"
+GUARDED_PREFIX = documents_router.prefix
+TOO_LARGE = f"the body is larger than {MAX_JSON_BODY_BYTES} bytes"
 
 
 class WriteGuard:
@@ -47,7 +49,10 @@ class WriteGuard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        refusal = self._unauthorized(headers.get("authorization"))
+        owner = self._owner(headers.get("authorization"))
+        refusal = owner if isinstance(owner, JSONResponse) else None
+        if refusal is None:
+            scope["state"] = {**scope.get("state", {}), OWNER_STATE_KEY: owner}
         if refusal is None and not headers.get("content-type", "").startswith("multipart/"):
             refusal = _too_large_by_length(headers.get("content-length"))
             receive = _bounded(receive)
@@ -56,14 +61,16 @@ class WriteGuard:
             return
         await self.app(scope, receive, send)
 
-    def _unauthorized(self, authorization: str | None) -> JSONResponse | None:
+    def _owner(self, authorization: str | None) -> str | JSONResponse:
+        """The owner the Bearer token names, or the 401 answer."""
         scheme, _, token = (authorization or "").partition(" ")
+        owner = None
         if scheme.lower() != "bearer" or not token.strip():
-            detail = "missing credentials: send Authorization: Bearer <token>"
-        elif owner_for_token(self.settings.api_tokens, token.strip()) is None:
-            detail = "invalid token"
-        else:
-            return None
+            detail = NO_CREDENTIALS
+        elif (owner := owner_for_token(self.settings.api_tokens, token.strip())) is None:
+            detail = REFUSED_CREDENTIALS
+        if owner is not None:
+            return owner
         return JSONResponse(
             {"detail": detail},
             status_code=status.HTTP_401_UNAUTHORIZED,
@@ -83,7 +90,7 @@ def _too_large_by_length(content_length: str | None) -> JSONResponse | None:
 
 def _too_large() -> JSONResponse:
     return JSONResponse(
-        {"detail": f"the body is larger than {MAX_JSON_BODY_BYTES} bytes"},
+        {"detail": TOO_LARGE},
         status_code=status.HTTP_413_CONTENT_TOO_LARGE,
         headers={"Connection": "close"},
     )
@@ -99,10 +106,7 @@ def _bounded(receive: Receive) -> Receive:
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > MAX_JSON_BODY_BYTES:
-                raise HTTPException(
-                    status.HTTP_413_CONTENT_TOO_LARGE,
-                    f"the body is larger than {MAX_JSON_BODY_BYTES} bytes",
-                )
+                raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, TOO_LARGE)
         return message
 
     return bounded_receive

@@ -3,13 +3,17 @@ unauthenticated or oversized body is refused without the service buffering it.""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import SecretStr
 from realstack import asgi_client
 
+import api.deps
+import api.write_guard
+from api.auth import owner_for_token
 from api.write_guard import MAX_JSON_BODY_BYTES
 from tests.helpers import create_document
 
@@ -104,3 +108,23 @@ async def test_reads_stay_public_and_a_small_json_write_passes(
 
     assert read.status_code == 200
     assert renamed.status_code == 200, renamed.text
+
+
+async def test_a_writes_token_is_compared_once_not_again_by_the_route(
+    authed_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WriteGuard finds the owner before the body is read; the route's require_owner takes it
+    from the request's state instead of comparing the token with every one again."""
+    compared: list[str] = []
+
+    def counted(tokens: Mapping[str, SecretStr], presented: str) -> str | None:
+        compared.append(presented)
+        return owner_for_token(tokens, presented)
+
+    monkeypatch.setattr(api.write_guard, "owner_for_token", counted)
+    monkeypatch.setattr(api.deps, "owner_for_token", counted)
+
+    created = await create_document(authed_client)
+
+    assert created["id"]
+    assert len(compared) == 1
