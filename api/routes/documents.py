@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from sqlalchemy import func
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -355,10 +355,7 @@ async def download_document(
 ) -> Response:
     """Stream the stored bytes; supports a single `Range: bytes=first-last`, and If-Range."""
     document = await _load_document(session, document_id)
-    answer = _download_answer(document, range_header, if_range)
-    if isinstance(answer, Response):
-        return answer
-    status_code, headers, byte_range = answer
+    status_code, headers, byte_range = _download_answer(document, range_header, if_range)
     try:
         stream = await storage.open_download(document.storage_key, byte_range)
     except ObjectNotFoundError:
@@ -384,10 +381,7 @@ async def head_document_content(
     if_range: IfRangeHeader = None,
 ) -> Response:
     document = await _load_document(session, document_id)
-    answer = _download_answer(document, range_header, if_range)
-    if isinstance(answer, Response):
-        return answer
-    status_code, headers, byte_range = answer
+    status_code, headers, byte_range = _download_answer(document, range_header, if_range)
     first, last = byte_range or (0, document.size_bytes - 1)
     headers["Content-Length"] = str(last - first + 1)
     return Response(status_code=status_code, media_type=document.content_type, headers=headers)
@@ -395,8 +389,9 @@ async def head_document_content(
 
 def _download_answer(
     document: Document, range_header: str | None, if_range: str | None
-) -> Response | tuple[int, dict[str, str], tuple[int, int] | None]:
-    """The status, headers and byte range of a download (GET or HEAD), or the 416 answer."""
+) -> tuple[int, dict[str, str], tuple[int, int] | None]:
+    """The status, headers and byte range of a download (GET or HEAD); 416 for a range that
+    starts past the end."""
     size = document.size_bytes
     headers = {
         "ETag": f'"{document.sha256}"',
@@ -409,11 +404,11 @@ def _download_answer(
     try:
         byte_range = parse_byte_range(range_header, size)
     except RangeNotSatisfiableError:
-        return JSONResponse(
-            {"detail": f"range not satisfiable; the document has {size} bytes"},
-            status_code=status.HTTP_416_RANGE_NOT_SATISFIABLE,
+        raise HTTPException(
+            status.HTTP_416_RANGE_NOT_SATISFIABLE,
+            f"range not satisfiable; the document has {size} bytes",
             headers={"Content-Range": f"bytes */{size}"},
-        )
+        ) from None
     if byte_range is None:
         return status.HTTP_200_OK, headers, None
     headers["Content-Range"] = f"bytes {byte_range[0]}-{byte_range[1]}/{size}"
