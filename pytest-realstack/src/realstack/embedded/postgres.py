@@ -120,9 +120,8 @@ class PostgresServer:
         self.cluster: Path | None = None  # the cached cluster this one was copied from
         self._cluster_identity: tuple[int, int] | None = None  # that entry's (st_dev, st_ino)
         # A copy of a cached cluster this run did not build, so a failure to start may be the
-        # cache's: then start again from a new one, once.
+        # cache's: then start again from a new one (once: the launcher allows one StartAgain).
         self._may_start_again = False
-        self._started_again = False
         self._log_offset = 0  # where this server's lines begin in the log
         self.cached: set[str] = set()  # the migrated templates that copy already held
         self._copied_databases: set[str] | None = None  # database_dirs() of that copy
@@ -300,7 +299,7 @@ class PostgresServer:
             self.cluster, self._cluster_identity, self.cached = path, identity, templates
             self._copied_databases = database_dirs(self.datadir)
             self.origin = "initdb" if built else "cached cluster"
-            self._may_start_again = not built and not self._started_again
+            self._may_start_again = not built
             return
         raise ServiceStartError(
             f"postgres: no usable copy of the cached cluster {path} in {COPY_ATTEMPTS} attempts "
@@ -334,7 +333,6 @@ class PostgresServer:
         """After the server copied from the cached cluster exited before it was ready (main
         thread): discard that entry, copy a new one, and start again."""
         assert self.binaries is not None and self.cluster is not None, "spawn() first"
-        self._started_again = True
         release_shared_memory(self.datadir)
         self._discard(self.cluster, self._cluster_identity, reason)
         shutil.rmtree(self.datadir, ignore_errors=True)
