@@ -9,7 +9,7 @@ from api.app import create_app
 from api.config import SettingsError, load_settings
 
 try:
-    _settings = load_settings()
+    settings = load_settings()
 except SettingsError as exc:
     print(exc, file=sys.stderr)
     sys.exit(2)
@@ -25,5 +25,5 @@ def _configure_logging(level: str) -> None:
     logger.setLevel(level)
 
 
-_configure_logging(_settings.log_level)
-app = create_app(_settings)
+_configure_logging(settings.log_level)
+app = create_app(settings)

@@ -26,15 +26,12 @@ import argparse
 import asyncio
 import logging
 import resource
-import sys
 import time
 from typing import Any, ClassVar
 
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
-
-from api.config import SettingsError, load_settings
 
 LOG_INTERVAL_S = 10.0
 # Descriptors kept free of client connections: the database pool, S3's, logs, the listener.
@@ -164,19 +161,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--no-access-log", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-    except SettingsError as exc:  # one message, secrets masked: not a traceback
-        print(exc, file=sys.stderr)
-        raise SystemExit(2) from None
-    BoundedH11Protocol.header_timeout_s = settings.http_header_timeout
-    BoundedH11Protocol.connection_limit = client_connection_limit()
+    # The settings are loaded once, by api.asgi: a bad one is one message there, and exit 2.
+    from api import asgi
+
+    settings = asgi.settings
+    protocol = type(
+        "ConfiguredH11Protocol",
+        (BoundedH11Protocol,),
+        {
+            "header_timeout_s": settings.http_header_timeout,
+            "connection_limit": client_connection_limit(),
+        },
+    )
     logging.getLogger("asyncio").addFilter(AcceptErrorsOncePerInterval())
     uvicorn.run(
-        "api.asgi:app",
+        asgi.app,
         host=args.host,
         port=args.port,
-        http=BoundedH11Protocol,
+        http=protocol,
         timeout_keep_alive=settings.http_keep_alive_timeout,
         limit_concurrency=settings.http_max_connections,
         log_level=args.log_level,
