@@ -44,6 +44,7 @@ PLUGIN_NAME = __name__  # what `-p` and `pytest_plugins` name, and the entry poi
 WORKER_INPUT_KEY = "harness_config"
 # Why a test may not run (set at collection on an xdist worker, which cannot stop the run).
 _REFUSED = pytest.StashKey[str]()
+_GUARDED = pytest.StashKey[bool]()  # the test is under a guarded path (decided once, collected)
 # The modules of the harness's fixtures this run registered: a fixture of the same name
 # defined elsewhere replaces one of them (_warn_replaced_fixtures).
 _FIXTURE_MODULES = pytest.StashKey[frozenset[str]]()
@@ -489,7 +490,8 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     """A guarded test is marked integration as it is collected, before `-m` selects: so
     `-m "not integration"` deselects it even in a run that resolved no services."""
     project = item.config.stash.get(PROJECT, None)
-    if project is not None and project.is_guarded(item.path):
+    item.stash[_GUARDED] = project is not None and project.is_guarded(item.path)
+    if item.stash[_GUARDED]:
         item.add_marker(pytest.mark.integration)
 
 
@@ -500,7 +502,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     from .pytest_settings import anyio_refusal, tests_for_anyio_runner
 
-    guarded = [item for item in items if project.is_guarded(item.path)]
+    guarded = [item for item in items if item.stash.get(_GUARDED, False)]
     marked = tests_for_anyio_runner(config, guarded)
     if marked:
         refusal = anyio_refusal(config, project.root, marked)
@@ -510,7 +512,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.stash[_REFUSED] = refusal
     for item in items:
         _add_after_test_checks(item)
-        if project.is_guarded(item.path) and item.get_closest_marker("timeout") is None:
+        if item.stash.get(_GUARDED, False) and item.get_closest_marker("timeout") is None:
             # pytest-timeout's signal method fails the test where it hangs and lets the
             # teardown (and the rest of the run) go on; its thread method would end the run.
             item.add_marker(pytest.mark.timeout(resolved.test_timeout_s, method="signal"))
